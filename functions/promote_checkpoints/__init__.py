@@ -1,0 +1,1 @@
+"""PromoteCheckpointsFunction: the Lambda entry point of the checkpoint promotion."""

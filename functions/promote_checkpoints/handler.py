@@ -1,0 +1,89 @@
+"""PromoteCheckpointsFunction's handler: parse the trigger, promote each manifest, shape the answer.
+
+Retry policy lives in one place, here: ``TransientError`` propagates (an SQS record becomes a batch item
+failure and is redelivered, then dead-lettered after 5 receives; a direct invocation fails and Lambda
+retries it); everything permanent is answered, logged and counted, and never retried.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities import parameters
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from ckpt.config import Settings
+from ckpt.errors import Rejected
+from ckpt.keys import JobRef
+from ckpt.outcome import Outcome
+from ckpt.promotion import Promoter
+from ckpt.service import build_promoter, engine_from_settings
+
+from promote_checkpoints import triggers
+from promote_checkpoints.observability import logger, metrics, tracer
+
+processor = BatchProcessor(event_type=EventType.SQS)
+_promoter: Promoter | None = None
+
+
+def get_promoter() -> Promoter:
+    """Built on first use and kept for the life of the execution environment (one engine, one client)."""
+    global _promoter
+    if _promoter is None:
+        settings = Settings.from_env(os.environ)
+        engine = engine_from_settings(settings, lambda arn: str(parameters.get_secret(arn, max_age=300)))
+        _promoter = build_promoter(settings, engine)
+    return _promoter
+
+
+@tracer.capture_method
+def promote(obj: triggers.ObjectCreated, trigger: str) -> dict[str, Any]:
+    return _answer(get_promoter().promote_key(obj.bucket, obj.key, trigger=trigger))
+
+
+def record_handler(record: SQSRecord) -> list[dict[str, Any]]:
+    try:
+        objects = triggers.objects_in_body(record.body)
+    except triggers.UnrecognisedEvent as exc:
+        return [_unrecognised(exc, message_id=record.message_id)]
+    return [promote(obj, trigger=f"sqs:{obj.source}") for obj in objects]
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics(capture_cold_start_metric=True)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    try:
+        kind = triggers.kind_of(event)
+        if kind == "sqs":
+            return process_partial_response(
+                event=event, record_handler=record_handler, processor=processor, context=context
+            )
+        if kind == "reprocess":
+            request = triggers.parse_reprocess(event)
+            job = JobRef(job_id=request.job_id, project_id=request.project_id)
+            try:
+                outcome = get_promoter().reprocess(job, request.attempt, dry_run=request.dry_run)
+            except Rejected as exc:
+                return {"outcomes": [_unrecognised(exc)]}
+            return {"outcomes": [_answer(outcome)]}
+        return {"outcomes": [promote(obj, trigger=obj.source) for obj in triggers.objects_in(event)]}
+    except triggers.UnrecognisedEvent as exc:
+        return {"outcomes": [_unrecognised(exc)]}
+
+
+def _answer(outcome: Outcome) -> dict[str, Any]:
+    metrics.add_metric(name=f"Manifests{outcome.status.title()}", unit=MetricUnit.Count, value=1)
+    for report in outcome.files.values():
+        metrics.add_metric(name=f"ChecksumFrom{report.checksum_source.title()}", unit=MetricUnit.Count, value=1)
+    fields = outcome.log_fields()
+    return {name: fields[name] for name in ("outcome", "reason", "manifest_key", "job_id", "attempt")}
+
+
+def _unrecognised(exc: Exception, **context: str) -> dict[str, Any]:
+    logger.error("event rejected: %s", exc, extra=context)
+    metrics.add_metric(name="EventsRejected", unit=MetricUnit.Count, value=1)
+    return {"outcome": "rejected", "reason": str(exc)}

@@ -1,0 +1,123 @@
+"""What an invocation asks for, whatever delivered it.
+
+Accepted shapes (one fixture each in events/): an S3 event notification, an SQS batch whose bodies are S3
+notifications (``s3:TestEvent`` included, and skipped) or R2 event notifications, an R2 event notification
+on its own, and a manual reprocess request. Parsing uses Powertools' models where AWS defines the shape.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+from urllib.parse import unquote_plus
+
+from aws_lambda_powertools.utilities.parser import BaseModel
+from aws_lambda_powertools.utilities.parser.models import S3Model
+from ckpt.errors import describe
+from pydantic import ConfigDict, Field, ValidationError
+
+# R2 notifications name the action; only these create an object.
+R2_CREATE_ACTIONS = frozenset({"PutObject", "CopyObject", "CompleteMultipartUpload"})
+
+
+class UnrecognisedEvent(ValueError):
+    """The event (or an SQS body) is not a shape this function accepts; retrying cannot change that."""
+
+
+@dataclass(frozen=True)
+class ObjectCreated:
+    bucket: str
+    key: str  # decoded: exactly the object's key
+    source: Literal["s3", "r2"]
+
+
+class Reprocess(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["reprocess"]
+    project_id: int | None = Field(default=None, gt=0, strict=True)
+    job_id: int = Field(gt=0, strict=True)
+    attempt: int | None = Field(default=None, gt=0, strict=True)
+    dry_run: bool = False
+
+
+class R2Object(BaseModel):
+    key: str
+    size: int | None = None
+    eTag: str | None = None
+
+
+class R2EventNotification(BaseModel):
+    account: str
+    action: str
+    bucket: str
+    object: R2Object
+    eventTime: datetime | None = None
+
+
+Kind = Literal["sqs", "reprocess", "notification"]
+
+
+def kind_of(event: Any) -> Kind:
+    if not isinstance(event, dict):
+        raise UnrecognisedEvent(f"event must be a JSON object, got {type(event).__name__}")
+    records = event.get("Records")
+    if (
+        isinstance(records, list)
+        and records
+        and all(isinstance(r, dict) and r.get("eventSource") == "aws:sqs" for r in records)
+    ):
+        return "sqs"
+    if event.get("action") == "reprocess":
+        return "reprocess"
+    return "notification"
+
+
+def parse_reprocess(event: dict[str, Any]) -> Reprocess:
+    try:
+        return Reprocess.model_validate(event)
+    except ValidationError as exc:
+        raise UnrecognisedEvent(f"invalid reprocess event: {describe(exc)}") from None
+
+
+def objects_in_body(body: str) -> list[ObjectCreated]:
+    """The objects an SQS message body announces."""
+    try:
+        document = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise UnrecognisedEvent(f"SQS body is not JSON: {exc}") from None
+    return objects_in(document)
+
+
+def objects_in(document: Any) -> list[ObjectCreated]:
+    """The created objects a notification announces; [] for ``s3:TestEvent`` and non-create events."""
+    if not isinstance(document, dict):
+        raise UnrecognisedEvent(f"notification must be a JSON object, got {type(document).__name__}")
+    if document.get("Event") == "s3:TestEvent":
+        return []
+    if "Records" in document:
+        try:
+            s3_event = S3Model.model_validate(document)
+        except ValidationError as exc:
+            raise UnrecognisedEvent(f"invalid S3 event notification: {describe(exc)}") from None
+        return [
+            # S3 form-encodes keys in notifications ('+' for space); decoded here and nowhere else.
+            ObjectCreated(bucket=r.s3.bucket.name, key=unquote_plus(r.s3.object.key), source="s3")
+            for r in s3_event.Records
+            if r.eventName.startswith("ObjectCreated:")
+        ]
+    if {"account", "action", "bucket", "object"} <= document.keys():
+        try:
+            r2_event = R2EventNotification.model_validate(document)
+        except ValidationError as exc:
+            raise UnrecognisedEvent(f"invalid R2 event notification: {describe(exc)}") from None
+        if r2_event.action not in R2_CREATE_ACTIONS:
+            return []
+        # R2 sends keys as they are, not URL-encoded.
+        return [ObjectCreated(bucket=r2_event.bucket, key=r2_event.object.key, source="r2")]
+    raise UnrecognisedEvent(
+        "not an S3 event notification, an R2 event notification, an SQS batch or a reprocess request "
+        f"(top-level fields: {', '.join(sorted(document)) or 'none'})"
+    )

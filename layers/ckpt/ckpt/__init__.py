@@ -1,0 +1,1 @@
+"""Checkpoint promotion: the contract shared by trainers, the promotion function and operators."""

@@ -1,0 +1,97 @@
+"""``ckpt``: the command-line tool for operators (and, later, trainers).
+
+    ckpt db upgrade                      create or upgrade the service's own tables
+    ckpt db current                      show the schema revision
+    ckpt reprocess --job-id 42 [--project-id 7] [--attempt 2] [--dry-run]
+    ckpt history [--job-id 42]           recorded outcomes, newest first
+
+Settings come from the environment (see README: CHECKPOINT_BUCKET, DATABASE_URL, …); ``--database-url``
+overrides DATABASE_URL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from ckpt.config import Settings
+from ckpt.db import migrate
+from ckpt.db.store import PromotionStore
+from ckpt.errors import ConfigurationError, Rejected, TransientError
+from ckpt.keys import JobRef
+from ckpt.outcome import Status
+from ckpt.service import build_promoter, engine_from_settings
+
+
+def _read_secret(arn: str) -> str:
+    import boto3
+
+    return str(boto3.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"])
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ckpt", description="Checkpoint promotion tool.")
+    parser.add_argument("--database-url", help="SQLAlchemy URL; overrides DATABASE_URL")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    db = commands.add_parser("db", help="the service's own tables").add_subparsers(dest="db_command", required=True)
+    db.add_parser("upgrade", help="create or upgrade the service's tables (never the platform's)")
+    db.add_parser("current", help="print the current and the newest schema revision")
+
+    reprocess = commands.add_parser("reprocess", help="re-run the promotion of a job's newest (or given) attempt")
+    reprocess.add_argument("--project-id", type=int, default=None, help="omit for test jobs")
+    reprocess.add_argument("--job-id", type=int, required=True)
+    reprocess.add_argument("--attempt", type=int, default=None)
+    reprocess.add_argument("--dry-run", action="store_true", help="verify and show the plan; copy and write nothing")
+
+    history = commands.add_parser("history", help="recorded promotion outcomes, newest first")
+    history.add_argument("--job-id", type=int, default=None)
+    history.add_argument("--limit", type=int, default=20)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    settings = Settings.from_env(os.environ)
+    if args.database_url:
+        settings = replace(settings, database_url=args.database_url)
+    try:
+        return _run(args, settings)
+    except (ConfigurationError, Rejected, TransientError) as exc:
+        print(f"ckpt: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigurationError) else 1
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    engine = engine_from_settings(settings, _read_secret)
+    if args.command == "db":
+        if args.db_command == "upgrade":
+            migrate.upgrade(engine)
+        print(f"schema revision {migrate.current_revision(engine)} (newest {migrate.head_revision()})")
+        return 0
+    if args.command == "history":
+        rows = PromotionStore(engine).history(args.job_id, args.limit)
+        for row in rows:
+            print(json.dumps(row, default=str))
+        return 0
+    promoter = build_promoter(settings, engine)
+    job = JobRef(job_id=args.job_id, project_id=args.project_id)
+    outcome = promoter.reprocess(job, args.attempt, dry_run=args.dry_run)
+    print(json.dumps(outcome.log_fields(), indent=2, default=_json_default))
+    return 0 if outcome.status in (Status.PROMOTED, Status.PLANNED, Status.DUPLICATE) else 1
+
+
+def _json_default(value: Any) -> str:
+    return str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

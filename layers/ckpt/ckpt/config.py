@@ -1,0 +1,71 @@
+"""Settings, read once from the environment at the edge (handler, CLI) and passed in as values."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import URL, make_url
+
+from ckpt.errors import ConfigurationError
+from ckpt.keys import Layout
+
+DEFAULT_BUCKET = "vision-platform-prod"
+
+
+@dataclass(frozen=True)
+class Settings:
+    bucket: str = DEFAULT_BUCKET
+    endpoint_url: str | None = None
+    database_url: str | None = None
+    database_secret_arn: str | None = None
+    staging_prefix: str = "staging/"
+    canonical_prefix: str = "checkpoints/"
+    uri_scheme: str = "r2"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        def value(name: str, default: str | None = None) -> str | None:
+            return env.get(name) or default  # an empty variable counts as unset, as SAM passes ""
+
+        return cls(
+            bucket=value("CHECKPOINT_BUCKET", DEFAULT_BUCKET) or DEFAULT_BUCKET,
+            endpoint_url=value("AWS_S3_ENDPOINT_URL"),
+            database_url=value("DATABASE_URL"),
+            database_secret_arn=value("DATABASE_SECRET_ARN"),
+            staging_prefix=value("STAGING_PREFIX", "staging/") or "staging/",
+            canonical_prefix=value("CANONICAL_PREFIX", "checkpoints/") or "checkpoints/",
+            uri_scheme=value("CHECKPOINT_URI_SCHEME", "r2") or "r2",
+        )
+
+    def layout(self) -> Layout:
+        try:
+            return Layout(
+                bucket=self.bucket,
+                staging_prefix=self.staging_prefix,
+                canonical_prefix=self.canonical_prefix,
+                uri_scheme=self.uri_scheme,
+            )
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+
+
+def database_url_from_secret(secret: str | Mapping[str, Any]) -> URL:
+    """A pg8000 URL from a Secrets Manager secret in the RDS layout
+    (``username``, ``password``, ``host``, ``port``, ``dbname``), or one that holds a ``url``."""
+    document = json.loads(secret) if isinstance(secret, str) else secret
+    if document.get("url"):
+        return make_url(document["url"])
+    missing = [name for name in ("username", "password", "host") if not document.get(name)]
+    if missing:
+        raise ConfigurationError(f"database secret lacks {', '.join(missing)}")
+    return URL.create(
+        "postgresql+pg8000",
+        username=document["username"],
+        password=document["password"],
+        host=document["host"],
+        port=int(document.get("port") or 5432),
+        database=document.get("dbname") or document.get("database") or "postgres",
+    )

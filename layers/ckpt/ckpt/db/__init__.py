@@ -1,0 +1,1 @@
+"""The database adapter: the service's own tables, the platform's ``validation_results``, migrations."""

@@ -1,0 +1,134 @@
+"""The contract's storage layout: staging and canonical keys, and the URIs recorded in the database.
+
+Every key the product reads or writes is built or parsed here, so the layout changes in one place.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+CheckpointName = Literal["best", "last"]
+CHECKPOINT_NAMES: tuple[CheckpointName, ...] = ("best", "last")
+MANIFEST_FILE = "manifest.json"
+
+# Plain decimal, no sign, no leading zero: "7" is an id, "07", "+7" and "0" are not.
+_ID = r"[1-9][0-9]{0,17}"
+_STAGED_FOLDER = re.compile(
+    rf"^(?:projects/(?P<project_id>{_ID})/jobs/(?P<job_id>{_ID})"
+    rf"|test-jobs/job_(?P<test_job_id>{_ID}))"
+    rf"/attempts/(?P<attempt>{_ID})/$"
+)
+
+
+@dataclass(frozen=True, order=True)
+class JobRef:
+    """A training job; ``project_id`` is None for test jobs."""
+
+    job_id: int
+    project_id: int | None = None
+
+    def folder(self) -> str:
+        if self.project_id is None:
+            return f"test-jobs/job_{self.job_id}/"
+        return f"projects/{self.project_id}/jobs/{self.job_id}/"
+
+    def __str__(self) -> str:
+        return f"job {self.job_id}" + ("" if self.project_id is None else f" of project {self.project_id}")
+
+
+@dataclass(frozen=True, order=True)
+class AttemptRef:
+    """One attempt (run) of a job: the unit that stages files and writes a manifest."""
+
+    job: JobRef
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where things live in the bucket. The prefixes come from configuration."""
+
+    bucket: str
+    staging_prefix: str = "staging/"
+    canonical_prefix: str = "checkpoints/"
+    uri_scheme: str = "r2"
+
+    def __post_init__(self) -> None:
+        for name in ("staging_prefix", "canonical_prefix"):
+            value = getattr(self, name)
+            if not value.endswith("/") or value.startswith("/"):
+                raise ValueError(f"{name} must end with '/' and not start with one, got {value!r}")
+        if self.staging_prefix.startswith(self.canonical_prefix) or self.canonical_prefix.startswith(
+            self.staging_prefix
+        ):
+            # The notification filter relies on the function's writes never landing under staging/.
+            raise ValueError("staging_prefix and canonical_prefix must not contain one another")
+
+    # --- staging -------------------------------------------------------------------------------------
+
+    def attempt_folder(self, ref: AttemptRef) -> str:
+        return f"{self.staging_prefix}{ref.job.folder()}attempts/{ref.attempt}/"
+
+    def staged_key(self, ref: AttemptRef, name: CheckpointName) -> str:
+        return f"{self.attempt_folder(ref)}{name}.pt"
+
+    def manifest_key(self, ref: AttemptRef) -> str:
+        return f"{self.attempt_folder(ref)}{MANIFEST_FILE}"
+
+    def job_staging_folder(self, job: JobRef) -> str:
+        return f"{self.staging_prefix}{job.folder()}attempts/"
+
+    def parse_manifest_key(self, key: str) -> AttemptRef:
+        """The attempt a manifest key belongs to.
+
+        Raises ``OutsideStaging`` for keys outside the staging prefix (never the function's business)
+        and ``NotAManifest`` for staging keys that do not follow the layout (ignored by contract).
+        """
+        if not key.startswith(self.staging_prefix):
+            raise OutsideStaging(f"key {key!r} is outside the staging prefix {self.staging_prefix!r}")
+        rest = key[len(self.staging_prefix) :]
+        folder, _, filename = rest.rpartition("/")
+        if filename != MANIFEST_FILE:
+            raise NotAManifest(f"key {key!r} does not end in /{MANIFEST_FILE}")
+        match = _STAGED_FOLDER.match(folder + "/")
+        if match is None:
+            raise NotAManifest(
+                f"key {key!r} does not match {self.staging_prefix}projects/{{project_id}}/jobs/{{job_id}}"
+                f"/attempts/{{attempt}}/{MANIFEST_FILE} or {self.staging_prefix}test-jobs/job_{{job_id}}"
+                f"/attempts/{{attempt}}/{MANIFEST_FILE} with positive decimal ids"
+            )
+        if match["test_job_id"] is not None:
+            job = JobRef(job_id=int(match["test_job_id"]))
+        else:
+            job = JobRef(job_id=int(match["job_id"]), project_id=int(match["project_id"]))
+        return AttemptRef(job=job, attempt=int(match["attempt"]))
+
+    def parse_attempt_folder(self, folder: str) -> int | None:
+        """The attempt number of a folder listed under ``job_staging_folder``, or None if it is not one."""
+        match = re.fullmatch(rf".*/attempts/({_ID})/", folder)
+        return int(match[1]) if match else None
+
+    # --- canonical -----------------------------------------------------------------------------------
+
+    def canonical_key(self, job: JobRef, name: CheckpointName) -> str:
+        return f"{self.canonical_prefix}{job.folder()}{name}.pt"
+
+    def uri(self, key: str) -> str:
+        return f"{self.uri_scheme}://{self.bucket}/{key}"
+
+    def canonical_uri(self, job: JobRef, name: CheckpointName) -> str:
+        return self.uri(self.canonical_key(job, name))
+
+
+class LayoutError(ValueError):
+    """A key that is not where the contract puts it."""
+
+
+class OutsideStaging(LayoutError):
+    """The key is not under the staging prefix."""
+
+
+class NotAManifest(LayoutError):
+    """The key is under the staging prefix but is not a manifest of the layout."""

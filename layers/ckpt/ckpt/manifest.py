@@ -1,0 +1,118 @@
+"""The completion manifest, schema version 1: parse, validate, build.
+
+Trainers build manifests with ``Manifest.to_json``; the function reads them with ``parse_manifest``.
+Both sides use the same model, so a manifest the trainer writes is one the function accepts.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+
+from ckpt.errors import describe
+from ckpt.keys import CHECKPOINT_NAMES, AttemptRef, CheckpointName, JobRef
+
+SCHEMA_VERSION = 1
+MAX_MANIFEST_BYTES = 64 * 1024
+
+PositiveId = Annotated[int, Field(strict=True, gt=0)]
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$", to_lower=True)]
+Status = Literal["completed", "interrupted", "failed"]
+MetricMode = Literal["max", "min"]
+
+
+class ManifestError(ValueError):
+    """The manifest cannot be accepted; the message says why, for the person who wrote it."""
+
+
+class _Model(BaseModel):
+    # Unknown fields are kept (forward compatibility) and written back out unchanged.
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class Metric(_Model):
+    name: str | None = None
+    mode: MetricMode = "max"
+
+
+class CheckpointEntry(_Model):
+    epoch: Annotated[int, Field(strict=True, ge=0)] | None = None
+    size: Annotated[int, Field(strict=True, ge=0)]
+    sha256: Sha256Hex
+
+
+class Checkpoints(_Model):
+    best: CheckpointEntry | None = None
+    last: CheckpointEntry | None = None
+
+    def present(self) -> dict[CheckpointName, CheckpointEntry]:
+        return {name: entry for name in CHECKPOINT_NAMES if (entry := getattr(self, name)) is not None}
+
+
+class Manifest(_Model):
+    schema_version: Literal[1]
+    project_id: PositiveId | None
+    job_id: PositiveId
+    attempt: PositiveId
+    status: Status
+    finished_at: datetime | None = None
+    metric: Metric | None = None
+    checkpoints: Checkpoints = Field(default_factory=Checkpoints)
+    error: str | None = None
+
+    @model_validator(mode="after")
+    def _finished_at_has_zone(self) -> Manifest:
+        if self.finished_at is not None and self.finished_at.tzinfo is None:
+            raise ValueError("finished_at must carry a time zone, e.g. 2025-11-05T14:30:00Z")
+        return self
+
+    @property
+    def ref(self) -> AttemptRef:
+        return AttemptRef(job=JobRef(job_id=self.job_id, project_id=self.project_id), attempt=self.attempt)
+
+    @property
+    def metric_mode(self) -> MetricMode:
+        return self.metric.mode if self.metric else "max"
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(indent=2, exclude_none=False).encode()
+
+
+def _reject_constant(name: str) -> Any:
+    raise ManifestError(f"manifest contains {name}, which is not valid JSON; write null instead")
+
+
+def parse_manifest(raw: bytes) -> Manifest:
+    """Parse and validate a manifest, or raise ``ManifestError`` with a reason a person can act on."""
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"manifest is {len(raw)} bytes; the limit is {MAX_MANIFEST_BYTES} bytes (64 KiB)")
+    try:
+        document = json.loads(raw, parse_constant=_reject_constant)
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"manifest is not UTF-8 text: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"manifest is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise ManifestError(f"manifest must be a JSON object, got {type(document).__name__}")
+    version = document.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ManifestError(
+            f"unsupported schema_version {version!r}: this function reads schema_version {SCHEMA_VERSION}"
+        )
+    try:
+        return Manifest.model_validate(document)
+    except ValidationError as exc:
+        raise ManifestError("invalid manifest: " + describe(exc)) from None
+
+
+def check_matches_key(manifest: Manifest, key_ref: AttemptRef) -> None:
+    """A manifest may only speak for the attempt its key names (the contract's isolation rule)."""
+    if manifest.ref != key_ref:
+        raise ManifestError(
+            f"manifest ids (project_id={manifest.project_id}, job_id={manifest.job_id}, "
+            f"attempt={manifest.attempt}) differ from its key's (project_id={key_ref.job.project_id}, "
+            f"job_id={key_ref.job.job_id}, attempt={key_ref.attempt})"
+        )

@@ -1,0 +1,83 @@
+"""What happened to a manifest: the record every manifest ends in (the contract's 'explained')."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ckpt.keys import AttemptRef, CheckpointName
+
+# Where a file's SHA-256 came from: the store's own checksum, or hashing the bytes as they streamed by.
+ChecksumSource = Literal["store", "stream"]
+
+
+class Status(enum.StrEnum):
+    PROMOTED = "promoted"
+    DUPLICATE = "duplicate"
+    SUPERSEDED = "superseded"
+    REJECTED = "rejected"
+    # Not a manifest of the layout: logged, never recorded (the contract says such keys are ignored).
+    IGNORED = "ignored"
+    # A reprocess with dry_run: what a promotion would do, with nothing copied or written.
+    PLANNED = "planned"
+
+
+@dataclass(frozen=True)
+class FileReport:
+    """One verified (and, once promoted, copied) checkpoint file."""
+
+    size: int
+    sha256: str
+    checksum_source: ChecksumSource
+    staged_key: str
+    canonical_uri: str
+    epoch: int | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: Status
+    reason: str
+    bucket: str
+    manifest_key: str
+    trigger: str
+    ref: AttemptRef | None = None
+    manifest_sha256: str | None = None
+    files: dict[CheckpointName, FileReport] = field(default_factory=dict)
+    # validation_results.checkpoint_path per epoch after the promotion
+    row_paths: dict[int, str] = field(default_factory=dict)
+    # epochs that should carry a path but have no validation_results row
+    missing_rows: list[int] = field(default_factory=list)
+
+    def details(self) -> dict[str, Any]:
+        """The JSON-ready part of the record that has no column of its own."""
+        return {
+            "files": {
+                name: {
+                    "size": f.size,
+                    "sha256": f.sha256,
+                    "checksum_source": f.checksum_source,
+                    "staged_key": f.staged_key,
+                    "canonical_uri": f.canonical_uri,
+                    "epoch": f.epoch,
+                }
+                for name, f in self.files.items()
+            },
+            "row_paths": {str(epoch): uri for epoch, uri in sorted(self.row_paths.items())},
+            "missing_rows": self.missing_rows,
+        }
+
+    def log_fields(self) -> dict[str, Any]:
+        ref = self.ref
+        return {
+            "outcome": str(self.status),
+            "reason": self.reason,
+            "bucket": self.bucket,
+            "manifest_key": self.manifest_key,
+            "trigger": self.trigger,
+            "project_id": ref.job.project_id if ref else None,
+            "job_id": ref.job.job_id if ref else None,
+            "attempt": ref.attempt if ref else None,
+            **self.details(),
+        }

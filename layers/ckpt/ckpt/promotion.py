@@ -1,0 +1,299 @@
+"""The promotion: from a manifest key to canonical checkpoints and their database record.
+
+This is the imperative shell around ``ckpt.rules``: it reads and verifies through the storage adapter,
+asks the rules what to do, copies, and commits one database transaction. It never sees an event.
+
+Order of work, and why:
+1. Parse the key and read the manifest; reject anything the contract rejects (recorded, not retried).
+2. Ask the recorded state without a lock: duplicates and superseded attempts end here, cheaply.
+3. Verify every listed staged file (size, SHA-256) before taking the job's lock.
+4. Under the job's lock: decide again (another worker may have won), copy each verified version
+   (conditional on its ETag) to its canonical key, check the copy, then set the rows, the job state and
+   the record in the same transaction. Holding the lock across the copies is what keeps an older
+   attempt from overwriting a newer one's canonical files.
+Staged files are never deleted here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from ckpt.errors import ObjectChanged, ObjectMissing, Rejected
+from ckpt.keys import CHECKPOINT_NAMES, AttemptRef, CheckpointName, JobRef, Layout, NotAManifest, OutsideStaging
+from ckpt.manifest import (
+    MAX_MANIFEST_BYTES,
+    CheckpointEntry,
+    Manifest,
+    ManifestError,
+    check_matches_key,
+    parse_manifest,
+)
+from ckpt.outcome import ChecksumSource, FileReport, Outcome, Status
+from ckpt.rules import (
+    ConflictingJob,
+    Decision,
+    EpochMetric,
+    JobState,
+    decide,
+    resolve_epochs,
+    row_paths,
+    target_epochs,
+)
+from ckpt.storage import ObjectInfo
+
+log = logging.getLogger(__name__)
+
+
+class Storage(Protocol):
+    """What the promotion needs from the object store (``ckpt.storage.S3Storage``)."""
+
+    def head(self, key: str) -> ObjectInfo: ...
+    def read(self, key: str, max_bytes: int) -> tuple[bytes, str]: ...
+    def stream_sha256(self, key: str, etag: str) -> tuple[str, int]: ...
+    def copy(self, source_key: str, source_etag: str, dest_key: str, metadata: Mapping[str, str]) -> ObjectInfo: ...
+    def list_folders(self, prefix: str) -> list[str]: ...
+    def exists(self, key: str) -> bool: ...
+
+
+class JobTransaction(Protocol):
+    """The database side of one promotion, inside the job's lock (``ckpt.db.store.JobTransaction``)."""
+
+    def state(self) -> JobState | None: ...
+    def epoch_metrics(self) -> list[EpochMetric]: ...
+    def set_checkpoint_paths(self, paths: Mapping[int, str]) -> list[int]: ...
+    def save_state(self, state: JobState, promotion_id: int) -> None: ...
+    def record(self, outcome: Outcome) -> int: ...
+
+
+class Store(Protocol):
+    """What the promotion needs from the database (``ckpt.db.store.PromotionStore``)."""
+
+    def job(self, job: JobRef) -> AbstractContextManager[JobTransaction]: ...
+    def state(self, job: JobRef) -> JobState | None: ...
+    def epoch_metrics(self, job: JobRef) -> list[EpochMetric]: ...
+    def record(self, outcome: Outcome) -> int: ...
+
+
+@dataclass(frozen=True)
+class VerifiedFile:
+    name: CheckpointName
+    entry: CheckpointEntry
+    source: ObjectInfo
+    checksum_source: ChecksumSource
+
+
+class Promoter:
+    def __init__(self, layout: Layout, storage: Storage, store: Store) -> None:
+        self.layout = layout
+        self.storage = storage
+        self.store = store
+
+    # --- entry points --------------------------------------------------------------------------------
+
+    def promote_key(
+        self, bucket: str, key: str, *, trigger: str, force: bool = False, dry_run: bool = False
+    ) -> Outcome:
+        """Process the manifest at ``key``; returns its outcome (recorded unless ignored or a dry run).
+
+        Raises ``TransientError`` subclasses for failures worth retrying.
+        """
+        base = Outcome(status=Status.REJECTED, reason="", bucket=bucket, manifest_key=key, trigger=trigger)
+        if bucket != self.layout.bucket:
+            return self._finish(
+                replace(base, reason=f"bucket {bucket!r} is not the configured bucket {self.layout.bucket!r}"),
+                dry_run,
+            )
+        try:
+            ref = self.layout.parse_manifest_key(key)
+        except NotAManifest as exc:
+            return self._finish(replace(base, status=Status.IGNORED, reason=str(exc)), dry_run)
+        except OutsideStaging as exc:
+            return self._finish(replace(base, reason=str(exc)), dry_run)
+        base = replace(base, ref=ref)
+        try:
+            return self._promote(base, ref, force=force, dry_run=dry_run)
+        except Rejected as exc:
+            return self._finish(replace(base, reason=exc.reason), dry_run)
+
+    def reprocess(self, job: JobRef, attempt: int | None = None, *, dry_run: bool = False) -> Outcome:
+        """Re-run the promotion of the job's newest staged attempt (or ``attempt``), even if it was done."""
+        if attempt is None:
+            attempt = self.newest_attempt(job)
+        key = self.layout.manifest_key(AttemptRef(job=job, attempt=attempt))
+        return self.promote_key(self.layout.bucket, key, trigger="reprocess", force=True, dry_run=dry_run)
+
+    def newest_attempt(self, job: JobRef) -> int:
+        """The highest attempt of ``job`` whose manifest is in staging."""
+        folders = self.storage.list_folders(self.layout.job_staging_folder(job))
+        attempts = sorted((n for f in folders if (n := self.layout.parse_attempt_folder(f)) is not None), reverse=True)
+        for attempt in attempts:
+            if self.storage.exists(self.layout.manifest_key(AttemptRef(job=job, attempt=attempt))):
+                return attempt
+        raise Rejected(f"{job} has no staged manifest under {self.layout.job_staging_folder(job)}")
+
+    # --- the promotion -------------------------------------------------------------------------------
+
+    def _promote(self, base: Outcome, ref: AttemptRef, *, force: bool, dry_run: bool) -> Outcome:
+        manifest, manifest_sha256 = self._read_manifest(base.manifest_key, ref)
+        base = replace(base, manifest_sha256=manifest_sha256)
+
+        early = self._decide(self.store.state(ref.job), ref, manifest_sha256, force)
+        if early is not Decision.PROMOTE:
+            return self._finish(self._not_promoted(base, early), dry_run)
+
+        verified = [self._verify(ref, name, entry) for name, entry in manifest.checkpoints.present().items()]
+        if dry_run:
+            return self._plan(base, manifest, verified)
+
+        with self.store.job(ref.job) as tx:
+            previous = tx.state()
+            decision = self._decide(previous, ref, manifest_sha256, force)
+            if decision is not Decision.PROMOTE:
+                outcome = self._not_promoted(base, decision)
+                tx.record(outcome)
+                return self._logged(outcome)
+            for file in verified:
+                self._copy(ref, file, manifest_sha256)
+            outcome = self._promoted(base, manifest, verified, tx.epoch_metrics(), previous)
+            outcome = replace(outcome, missing_rows=tx.set_checkpoint_paths(outcome.row_paths))
+            promotion_id = tx.record(outcome)
+            tx.save_state(self._new_state(ref, manifest_sha256, outcome, previous), promotion_id)
+        return self._logged(outcome)
+
+    def _read_manifest(self, key: str, ref: AttemptRef) -> tuple[Manifest, str]:
+        try:
+            raw, _etag = self.storage.read(key, MAX_MANIFEST_BYTES)
+        except ObjectMissing:
+            raise Rejected(f"manifest {key} no longer exists") from None
+        try:
+            manifest = parse_manifest(raw)
+            check_matches_key(manifest, ref)
+        except ManifestError as exc:
+            raise Rejected(str(exc)) from None
+        return manifest, hashlib.sha256(raw).hexdigest()
+
+    @staticmethod
+    def _decide(state: JobState | None, ref: AttemptRef, sha256: str, force: bool) -> Decision:
+        try:
+            return decide(state, ref, sha256, force=force)
+        except ConflictingJob as exc:
+            raise Rejected(str(exc)) from None
+
+    def _verify(self, ref: AttemptRef, name: CheckpointName, entry: CheckpointEntry) -> VerifiedFile:
+        key = self.layout.staged_key(ref, name)
+        try:
+            info = self.storage.head(key)
+        except ObjectMissing:
+            raise Rejected(f"{name}.pt is listed in the manifest but {key} does not exist") from None
+        if info.size != entry.size:
+            raise Rejected(f"{name}.pt is {info.size} bytes in storage, the manifest says {entry.size}")
+        checksum_source: ChecksumSource
+        if info.sha256 is not None:
+            sha256, checksum_source = info.sha256, "store"
+        else:
+            sha256, length = self.storage.stream_sha256(key, info.etag)
+            checksum_source = "stream"
+            if length != entry.size:
+                raise Rejected(f"{name}.pt streamed {length} bytes, the manifest says {entry.size}")
+        if sha256 != entry.sha256:
+            raise Rejected(
+                f"{name}.pt SHA-256 is {sha256} ({'store checksum' if checksum_source == 'store' else 'hashed'}),"
+                f" the manifest says {entry.sha256}"
+            )
+        return VerifiedFile(name=name, entry=entry, source=info, checksum_source=checksum_source)
+
+    def _copy(self, ref: AttemptRef, file: VerifiedFile, manifest_sha256: str) -> None:
+        dest_key = self.layout.canonical_key(ref.job, file.name)
+        metadata = {
+            "sha256": file.entry.sha256,
+            "attempt": str(ref.attempt),
+            "manifest-sha256": manifest_sha256,
+        }
+        copied = self.storage.copy(file.source.key, file.source.etag, dest_key, metadata)
+        problem = copy_problem(file, copied)
+        if problem:
+            # Left for a retry: the database still points at the previous promotion.
+            raise ObjectChanged(f"copy of {file.source.key} to {dest_key} failed verification: {problem}")
+
+    # --- outcomes ------------------------------------------------------------------------------------
+
+    def _promoted(
+        self,
+        base: Outcome,
+        manifest: Manifest,
+        verified: list[VerifiedFile],
+        metrics: list[EpochMetric],
+        previous: JobState | None,
+    ) -> Outcome:
+        ref = manifest.ref
+        epochs = resolve_epochs(manifest, metrics)
+        targets = target_epochs(epochs, previous)
+        uris = {name: self.layout.canonical_uri(ref.job, name) for name in CHECKPOINT_NAMES}
+        files = {
+            f.name: FileReport(
+                size=f.entry.size,
+                sha256=f.entry.sha256,
+                checksum_source=f.checksum_source,
+                staged_key=f.source.key,
+                canonical_uri=uris[f.name],
+                epoch=epochs[f.name],
+            )
+            for f in verified
+        }
+        listed = ", ".join(f"{n}.pt (epoch {epochs[n]})" for n in files) or "no checkpoints"
+        return replace(
+            base,
+            status=Status.PROMOTED,
+            reason=f"attempt {ref.attempt} ({manifest.status}): promoted {listed}",
+            files=files,
+            row_paths=row_paths(targets, uris),
+        )
+
+    def _plan(self, base: Outcome, manifest: Manifest, verified: list[VerifiedFile]) -> Outcome:
+        job = manifest.ref.job
+        outcome = self._promoted(base, manifest, verified, self.store.epoch_metrics(job), self.store.state(job))
+        return self._logged(replace(outcome, status=Status.PLANNED, reason="dry run: " + outcome.reason))
+
+    @staticmethod
+    def _not_promoted(base: Outcome, decision: Decision) -> Outcome:
+        if decision is Decision.DUPLICATE:
+            return replace(base, status=Status.DUPLICATE, reason="this manifest was already promoted")
+        return replace(base, status=Status.SUPERSEDED, reason="a newer attempt of this job was already promoted")
+
+    @staticmethod
+    def _new_state(ref: AttemptRef, manifest_sha256: str, outcome: Outcome, previous: JobState | None) -> JobState:
+        promoted = {name: report.epoch for name, report in outcome.files.items()}
+        return JobState(
+            project_id=ref.job.project_id,
+            attempt=ref.attempt,
+            manifest_sha256=manifest_sha256,
+            epochs=target_epochs(promoted, previous),
+        )
+
+    def _finish(self, outcome: Outcome, dry_run: bool) -> Outcome:
+        """Record an outcome reached without the job's lock (rejections, duplicates, superseded)."""
+        if outcome.status is not Status.IGNORED and not dry_run:
+            self.store.record(outcome)
+        return self._logged(outcome)
+
+    @staticmethod
+    def _logged(outcome: Outcome) -> Outcome:
+        level = logging.WARNING if outcome.status in (Status.REJECTED, Status.IGNORED) else logging.INFO
+        log.log(level, "manifest %s: %s", outcome.status, outcome.reason, extra=outcome.log_fields())
+        return outcome
+
+
+def copy_problem(file: VerifiedFile, copied: ObjectInfo) -> str | None:
+    """Why a canonical copy does not match what was verified, or None when it does."""
+    if copied.size != file.entry.size:
+        return f"{copied.size} bytes, expected {file.entry.size}"
+    if copied.sha256 is not None and copied.sha256 != file.entry.sha256:
+        return f"store checksum {copied.sha256}, expected {file.entry.sha256}"
+    if copied.metadata.get("sha256") != file.entry.sha256:
+        return "the copy does not carry the expected sha256 metadata"
+    return None

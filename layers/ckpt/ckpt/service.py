@@ -1,0 +1,54 @@
+"""Wiring: build the promotion from settings. The handler and the CLI both start here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import Engine
+from sqlalchemy.engine import URL, make_url
+
+from ckpt.config import Settings, database_url_from_secret
+from ckpt.db.engine import make_engine
+from ckpt.db.store import PromotionStore
+from ckpt.errors import ConfigurationError
+from ckpt.promotion import Promoter
+from ckpt.storage import S3Storage, make_client
+
+SecretReader = Callable[[str], str]
+
+
+def database_url(settings: Settings, read_secret: SecretReader | None = None) -> URL:
+    if settings.database_url:
+        return make_url(settings.database_url)
+    if settings.database_secret_arn:
+        if read_secret is None:
+            raise ConfigurationError("DATABASE_SECRET_ARN is set but no secret reader was given")
+        return database_url_from_secret(read_secret(settings.database_secret_arn))
+    raise ConfigurationError(
+        "no database configured: set DATABASE_URL (e.g. sqlite:///ckpt.db or postgresql+pg8000://…) "
+        "or DATABASE_SECRET_ARN"
+    )
+
+
+def engine_from_settings(settings: Settings, read_secret: SecretReader | None = None) -> Engine:
+    return make_engine(database_url(settings, read_secret))
+
+
+def build_promoter(settings: Settings, engine: Engine, *, s3_client: object | None = None) -> Promoter:
+    """The promotion wired to real adapters; fails early if the database lacks a table it needs."""
+    store = PromotionStore(engine)
+    check_schema(store)
+    client = s3_client or make_client(settings.endpoint_url)
+    return Promoter(layout=settings.layout(), storage=S3Storage(client, settings.bucket), store=store)
+
+
+def check_schema(store: PromotionStore) -> None:
+    """Fail early, with the fix in the message, when a table the promotion needs is missing."""
+    missing = store.missing_tables()
+    if missing:
+        hint = (
+            "run `ckpt db upgrade`"
+            if any(name.startswith("ckpt_") for name in missing)
+            else "validation_results is the platform's table and must exist before promotions run"
+        )
+        raise ConfigurationError(f"missing tables {', '.join(missing)}: {hint}")
