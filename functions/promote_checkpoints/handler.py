@@ -15,13 +15,13 @@ from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from ckpt.config import Settings
 from ckpt.errors import Rejected
 from ckpt.keys import JobRef
 from ckpt.outcome import Outcome
 from ckpt.promotion import Promoter
 from ckpt.service import build_promoter, engine_from_settings
-
 from promote_checkpoints import triggers
 from promote_checkpoints.observability import logger, metrics, tracer
 

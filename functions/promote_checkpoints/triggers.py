@@ -15,8 +15,9 @@ from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.utilities.parser import BaseModel
 from aws_lambda_powertools.utilities.parser.models import S3Model
-from ckpt.errors import describe
 from pydantic import ConfigDict, Field, ValidationError
+
+from ckpt.errors import describe
 
 # R2 notifications name the action; only these create an object.
 R2_CREATE_ACTIONS = frozenset({"PutObject", "CopyObject", "CompleteMultipartUpload"})

@@ -72,6 +72,7 @@ def stage_attempt(
             Bucket=layout.bucket,
             Key=layout.staged_key(ref, name),
             Body=data,
+            ChecksumAlgorithm="SHA256",
             ChecksumSHA256=base64.b64encode(hashlib.sha256(data).digest()).decode(),
         )
     client.put_object(

@@ -1,0 +1,140 @@
+"""Shared fixtures: a real PostgreSQL and SQLite behind the same tests, moto's S3, and a trainer stand-in.
+
+PostgreSQL is required, never skipped: a missing server fails the run (CI starts it in .ci/run).
+``CKPT_TEST_PG_ADMIN_URL`` points the tests at another server.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from ckpt.db import migrate
+from ckpt.db.engine import make_engine
+from ckpt.db.schema import platform_metadata
+from ckpt.db.store import PromotionStore
+from ckpt.keys import Layout
+from ckpt.promotion import Promoter
+from ckpt.storage import S3Storage, make_client
+from tests.support import BUCKET, Trainer
+
+PG_ADMIN_URL = os.environ.get("CKPT_TEST_PG_ADMIN_URL", "postgresql+pg8000://postgres@127.0.0.1:5432/postgres")
+
+
+# --- databases -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A database of its own on the real PostgreSQL server, dropped at the end of the session."""
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"ckpt_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except SQLAlchemyError as exc:
+        pytest.fail(
+            f"PostgreSQL is required for these tests and was not reachable at {PG_ADMIN_URL}: {exc}. "
+            "Start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+            pytrace=False,
+        )
+    yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every test that takes this runs on both databases."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ckpt.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture
+def postgres_url(pg_url: str) -> str:
+    """For the tests of PostgreSQL-only behaviour."""
+    return pg_url
+
+
+def _reset(engine: Engine) -> None:
+    """Empty database: the platform's table as the platform creates it, then the service's via migrations."""
+    with engine.begin() as connection:
+        for table in ("ckpt_promotions", "ckpt_job_state", "ckpt_alembic_version", "validation_results"):
+            connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
+    platform_metadata.create_all(engine)
+    migrate.upgrade(engine)
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url, lock_timeout_seconds=5)
+    _reset(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def store(engine: Engine) -> PromotionStore:
+    return PromotionStore(engine)
+
+
+# --- object store ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SECURITY_TOKEN": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_S3_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@pytest.fixture
+def s3(aws_credentials: None) -> Iterator[Any]:
+    """An S3 client on moto's in-process mock, with the bucket created."""
+    from moto import mock_aws
+
+    with mock_aws():
+        client = make_client()
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+
+
+@pytest.fixture
+def layout() -> Layout:
+    return Layout(bucket=BUCKET)
+
+
+@pytest.fixture
+def storage(s3: Any) -> S3Storage:
+    return S3Storage(s3, BUCKET)
+
+
+@pytest.fixture
+def promoter(layout: Layout, storage: S3Storage, store: PromotionStore) -> Promoter:
+    return Promoter(layout, storage, store)
+
+
+# --- the trainer's side -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def trainer(s3: Any, layout: Layout) -> Trainer:
+    return Trainer(s3, layout)

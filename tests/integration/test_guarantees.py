@@ -1,0 +1,352 @@
+"""The contract's guarantees, each with a test that fails without the mechanism behind it.
+Every test runs on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import pytest
+from ckpt.errors import ObjectChanged, StorageUnavailable
+from ckpt.outcome import Status
+from ckpt.promotion import Promoter
+from ckpt.staging import Checkpoint
+from sqlalchemy import event
+
+from tests.support import JOB, add_epochs, attempt, canonical_bytes, paths, records, weights
+
+URI_BEST = "r2://vision-platform-prod/checkpoints/projects/7/jobs/42/best.pt"
+URI_LAST = "r2://vision-platform-prod/checkpoints/projects/7/jobs/42/last.pt"
+
+
+class WrappedStorage:
+    """The real storage adapter with hooks to inject failures and interleavings."""
+
+    def __init__(self, inner: Any, *, before_head: Any = None, before_copy: Any = None) -> None:
+        self.inner = inner
+        self.before_head = before_head
+        self.before_copy = before_copy
+        self.copies = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def head(self, key: str) -> Any:
+        if self.before_head:
+            self.before_head(key)
+        return self.inner.head(key)
+
+    def copy(self, *args: Any, **kwargs: Any) -> Any:
+        self.copies += 1
+        if self.before_copy:
+            self.before_copy(self.copies, *args)
+        return self.inner.copy(*args, **kwargs)
+
+
+def promote(promoter: Promoter, n: int = 1) -> Any:
+    return promoter.promote_key(promoter.layout.bucket, promoter.layout.manifest_key(attempt(n)), trigger="test")
+
+
+def state(engine: Any) -> tuple[Any, ...]:
+    """Everything the database says about job 42 except the audit trail."""
+    with engine.connect() as connection:
+        job_state = connection.exec_driver_sql(
+            "SELECT attempt, manifest_sha256, best_epoch, last_epoch FROM ckpt_job_state WHERE job_id = 42"
+        ).all()
+    return paths(engine, 42), job_state
+
+
+# --- idempotent -------------------------------------------------------------------------------------------
+
+
+def test_same_manifest_three_times_promotes_once(engine, promoter, trainer, s3, layout):
+    add_epochs(engine, 42, {18: 0.5, 20: 0.4})
+    trainer.finish(attempt(1))
+    counting = WrappedStorage(promoter.storage)
+    promoter.storage = counting
+
+    outcomes = [promote(promoter).status for _ in range(3)]
+    end_state = state(engine)
+
+    assert outcomes == [Status.PROMOTED, Status.DUPLICATE, Status.DUPLICATE]
+    assert counting.copies == 2
+    assert end_state[0] == {18: URI_BEST, 20: URI_LAST}
+    assert [r["outcome"] for r in records(engine, 42)] == ["promoted", "duplicate", "duplicate"]
+
+
+def test_two_workers_on_the_same_manifest_at_once_promote_once(engine, layout, storage, store, trainer):
+    add_epochs(engine, 42, {18: 0.5, 20: 0.4})
+    trainer.finish(attempt(1))
+    # Both workers pass the unlocked early check and verify the files before either takes the lock.
+    both_verifying = threading.Barrier(2, timeout=20)
+    wrapped = [WrappedStorage(storage, before_head=lambda key: key.endswith("best.pt") and both_verifying.wait())]
+    wrapped.append(WrappedStorage(storage, before_head=wrapped[0].before_head))
+    workers = [Promoter(layout, w, store) for w in wrapped]
+    outcomes: list[Any] = [None, None]
+
+    def run(i: int) -> None:
+        outcomes[i] = promote(workers[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert sorted(o.status for o in outcomes) == [Status.DUPLICATE, Status.PROMOTED]
+    assert wrapped[0].copies + wrapped[1].copies == 2
+    assert paths(engine, 42) == {18: URI_BEST, 20: URI_LAST}
+
+
+# --- ordered ----------------------------------------------------------------------------------------------
+
+
+def test_an_older_attempt_processed_after_a_newer_one_changes_nothing(engine, promoter, trainer, s3, layout):
+    add_epochs(engine, 42, {epoch: epoch / 100 for epoch in range(1, 31)})
+    trainer.finish(attempt(1))
+    trainer.finish(
+        attempt(2), files={"best": Checkpoint(weights("best-2"), 29), "last": Checkpoint(weights("last-2"), 30)}
+    )
+    promote(promoter, 2)
+    before = state(engine)
+
+    outcome = promote(promoter, 1)
+
+    assert outcome.status is Status.SUPERSEDED
+    assert state(engine) == before
+    assert canonical_bytes(s3, layout, JOB, "best") == weights("best-2")
+
+
+def test_an_older_attempt_overtaken_mid_promotion_does_not_overwrite_the_newer_files(
+    engine, layout, storage, store, trainer, s3
+):
+    add_epochs(engine, 42, {epoch: epoch / 100 for epoch in range(1, 31)})
+    trainer.finish(attempt(1))
+    trainer.finish(
+        attempt(2), files={"best": Checkpoint(weights("best-2"), 29), "last": Checkpoint(weights("last-2"), 30)}
+    )
+    newer = Promoter(layout, storage, store)
+    overtaken = {"done": False}
+
+    def newer_attempt_wins(key: str) -> None:
+        # Attempt 1 has passed its early check; attempt 2 is promoted before it takes the lock.
+        if not overtaken["done"]:
+            overtaken["done"] = True
+            assert promote(newer, 2).status is Status.PROMOTED
+
+    older_storage = WrappedStorage(storage, before_head=newer_attempt_wins)
+    outcome = promote(Promoter(layout, older_storage, store), 1)
+
+    assert outcome.status is Status.SUPERSEDED
+    assert older_storage.copies == 0
+    assert canonical_bytes(s3, layout, JOB, "best") == weights("best-2")
+    assert canonical_bytes(s3, layout, JOB, "last") == weights("last-2")
+    assert {e: p for e, p in paths(engine, 42).items() if p} == {29: URI_BEST, 30: URI_LAST}
+
+
+# --- verified ---------------------------------------------------------------------------------------------
+
+
+def _tamper(trainer: Any, s3: Any, layout: Any, change: Any) -> None:
+    trainer.finish(attempt(1))
+    key = layout.manifest_key(attempt(1))
+    manifest = json.loads(s3.get_object(Bucket=layout.bucket, Key=key)["Body"].read())
+    change(manifest)
+    trainer.put_manifest(attempt(1), json.dumps(manifest).encode())
+
+
+@pytest.mark.parametrize(
+    ("change", "checksum_free_upload", "reason"),
+    [
+        (lambda m: m["checkpoints"]["best"].update(size=m["checkpoints"]["best"]["size"] + 1), False, "bytes"),
+        (lambda m: m["checkpoints"]["last"].update(sha256="0" * 64), False, "SHA-256"),
+        (lambda m: m["checkpoints"]["last"].update(sha256="0" * 64), True, "SHA-256"),
+    ],
+    ids=["size", "sha256-from-store", "sha256-streamed"],
+)
+def test_a_file_that_does_not_match_its_manifest_is_not_promoted(
+    engine, promoter, trainer, s3, layout, change, checksum_free_upload, reason
+):
+    add_epochs(engine, 42, {18: 0.5, 20: 0.4})
+    _tamper(trainer, s3, layout, change)
+    if checksum_free_upload:
+        s3.put_object(Bucket=layout.bucket, Key=layout.staged_key(attempt(1), "last"), Body=weights("last-1"))
+
+    outcome = promote(promoter)
+
+    assert outcome.status is Status.REJECTED
+    assert reason in outcome.reason
+    assert paths(engine, 42) == {18: None, 20: None}
+    assert canonical_bytes(s3, layout, JOB, "best") is None
+    assert canonical_bytes(s3, layout, JOB, "last") is None
+
+
+def test_a_file_swapped_after_verification_is_not_promoted(engine, layout, storage, store, trainer, s3):
+    add_epochs(engine, 42, {18: 0.5, 20: 0.4})
+    trainer.finish(attempt(1))
+
+    def swap(copy_number: int, source_key: str, *_: Any) -> None:
+        s3.put_object(Bucket=layout.bucket, Key=source_key, Body=b"something else entirely")
+
+    with pytest.raises(ObjectChanged):
+        promote(Promoter(layout, WrappedStorage(storage, before_copy=swap), store))
+
+    assert paths(engine, 42) == {18: None, 20: None}
+    assert canonical_bytes(s3, layout, JOB, "best") is None
+
+
+# --- all or nothing -----------------------------------------------------------------------------------------
+
+
+def test_a_storage_failure_after_the_first_copy_leaves_the_database_as_it_was_and_a_retry_converges(
+    engine, layout, storage, store, trainer, s3
+):
+    add_epochs(engine, 42, {epoch: epoch / 100 for epoch in range(1, 31)})
+    trainer.finish(attempt(1))
+    promote(Promoter(layout, storage, store), 1)
+    before = state(engine)
+    trainer.finish(
+        attempt(2), files={"best": Checkpoint(weights("best-2"), 29), "last": Checkpoint(weights("last-2"), 30)}
+    )
+
+    def fail_second(copy_number: int, *_: Any) -> None:
+        if copy_number == 2:
+            raise StorageUnavailable("injected: 503 Slow Down")
+
+    with pytest.raises(StorageUnavailable):
+        promote(Promoter(layout, WrappedStorage(storage, before_copy=fail_second), store), 2)
+    assert state(engine) == before
+    assert [r["outcome"] for r in records(engine, 42)] == ["promoted"]
+
+    assert promote(Promoter(layout, storage, store), 2).status is Status.PROMOTED
+    assert {e: p for e, p in paths(engine, 42).items() if p} == {29: URI_BEST, 30: URI_LAST}
+    assert canonical_bytes(s3, layout, JOB, "last") == weights("last-2")
+
+
+def test_a_failure_at_commit_leaves_the_database_as_it_was_and_a_retry_converges(engine, promoter, trainer):
+    add_epochs(engine, 42, {18: 0.5, 20: 0.4})
+    trainer.finish(attempt(1))
+
+    def fail_commit(connection: Any) -> None:
+        raise RuntimeError("injected: connection lost at commit")
+
+    event.listen(engine, "commit", fail_commit)
+    try:
+        with pytest.raises(Exception, match="injected"):
+            promote(promoter)
+    finally:
+        event.remove(engine, "commit", fail_commit)
+    assert state(engine) == ({18: None, 20: None}, [])
+    assert records(engine, 42) == []
+
+    assert promote(promoter).status is Status.PROMOTED
+    assert paths(engine, 42) == {18: URI_BEST, 20: URI_LAST}
+
+
+# --- isolated -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("project_id", 8), ("job_id", 43), ("attempt", 2), ("project_id", None)],
+)
+def test_a_manifest_whose_ids_differ_from_its_key_is_rejected(engine, promoter, trainer, s3, layout, field, value):
+    add_epochs(engine, 42, {18: 0.5, 20: 0.4})
+    _tamper(trainer, s3, layout, lambda m: m.update({field: value}))
+
+    outcome = promote(promoter)
+
+    assert outcome.status is Status.REJECTED
+    assert "differ from its key" in outcome.reason
+    assert paths(engine, 42) == {18: None, 20: None}
+    assert canonical_bytes(s3, layout, JOB, "best") is None
+
+
+def test_a_job_cannot_be_moved_to_another_project(engine, promoter, trainer, s3, layout):
+    from ckpt.keys import JobRef
+
+    add_epochs(engine, 42, {18: 0.5, 20: 0.4})
+    trainer.finish(attempt(1))
+    promote(promoter)
+    other = JobRef(job_id=42, project_id=8)
+    trainer.finish(attempt(2, other))
+
+    outcome = promoter.promote_key(layout.bucket, layout.manifest_key(attempt(2, other)), trigger="test")
+
+    assert outcome.status is Status.REJECTED
+    assert "project 7" in outcome.reason
+    assert canonical_bytes(s3, layout, other, "best") is None
+
+
+def test_a_manifest_cannot_promote_files_from_another_attempts_folder(engine, promoter, trainer, s3, layout):
+    trainer.finish(attempt(1))
+    body = s3.get_object(Bucket=layout.bucket, Key=layout.manifest_key(attempt(1)))["Body"].read()
+    trainer.put_manifest(attempt(2), body.replace(b'"attempt": 1', b'"attempt": 2'))
+
+    outcome = promote(promoter, 2)
+
+    assert outcome.status is Status.REJECTED
+    assert "attempts/2/best.pt does not exist" in outcome.reason
+    assert canonical_bytes(s3, layout, JOB, "best") is None
+
+
+# --- explained ----------------------------------------------------------------------------------------------
+
+
+BAD_MANIFESTS = {
+    "malformed JSON": (b'{"schema_version": 1,', "not valid JSON"),
+    "unknown schema version": (b'{"schema_version": 2}', "unsupported schema_version 2"),
+    "missing fields": (b'{"schema_version": 1, "project_id": 7, "attempt": 1, "status": "completed"}', "job_id"),
+    "NaN": (
+        b'{"schema_version": 1, "project_id": 7, "job_id": 42, "attempt": 1, "status": "completed", "x": NaN}',
+        "NaN",
+    ),
+    "oversized": (b'{"schema_version": 1, "pad": "' + b"x" * 70_000 + b'"}', "64 KiB"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_MANIFESTS, ids=list(BAD_MANIFESTS))
+def test_every_bad_manifest_ends_in_a_recorded_rejection_with_its_reason(engine, promoter, trainer, case):
+    body, reason = BAD_MANIFESTS[case]
+    key = trainer.put_manifest(attempt(1), body)
+
+    outcome = promoter.promote_key(promoter.layout.bucket, key, trigger="test")
+
+    assert outcome.status is Status.REJECTED
+    [record] = records(engine, 42)
+    assert (record["outcome"], record["manifest_key"], record["attempt"]) == ("rejected", key, 1)
+    assert reason in record["reason"]
+
+
+@pytest.mark.parametrize(
+    ("bucket", "key", "reason"),
+    [
+        ("someone-elses-bucket", "staging/projects/7/jobs/42/attempts/1/manifest.json", "not the configured bucket"),
+        ("vision-platform-prod", "checkpoints/projects/7/jobs/42/manifest.json", "outside the staging prefix"),
+        ("vision-platform-prod", "staging/projects/7/jobs/42/attempts/1/manifest.json", "no longer exists"),
+    ],
+)
+def test_events_for_foreign_or_missing_objects_are_recorded_rejections(engine, promoter, bucket, key, reason):
+    outcome = promoter.promote_key(bucket, key, trigger="test")
+
+    assert outcome.status is Status.REJECTED
+    [record] = records(engine)
+    assert record["outcome"] == "rejected"
+    assert reason in record["reason"]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "staging/projects/7/jobs/42/attempts/1/best.pt",
+        "staging/projects/7/jobs/42/attempts/0/manifest.json",
+        "staging/projects/07/jobs/42/attempts/1/manifest.json",
+        "staging/notes/manifest.json",
+    ],
+)
+def test_non_manifest_staging_keys_are_ignored_and_not_recorded(engine, promoter, key):
+    outcome = promoter.promote_key(promoter.layout.bucket, key, trigger="test")
+
+    assert outcome.status is Status.IGNORED
+    assert records(engine) == []

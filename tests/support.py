@@ -1,0 +1,87 @@
+"""Test helpers: act as the platform (validation_results rows) and as a trainer (staged attempts)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, insert, text
+
+from ckpt.db.schema import validation_results
+from ckpt.db.store import PromotionStore
+from ckpt.keys import AttemptRef, CheckpointName, JobRef, Layout
+from ckpt.manifest import Manifest, Status
+from ckpt.staging import Checkpoint, stage_attempt
+
+BUCKET = "vision-platform-prod"
+
+
+def add_epochs(engine: Engine, job_id: int, metrics: Mapping[int, float | None]) -> None:
+    """Act as the platform: one validation_results row per epoch, checkpoint_path NULL."""
+    with engine.begin() as connection:
+        connection.execute(
+            insert(validation_results),
+            [{"job_id": job_id, "epoch": epoch, "primary_metric_value": value} for epoch, value in metrics.items()],
+        )
+
+
+def paths(engine: Engine, job_id: int) -> dict[int, str | None]:
+    """epoch → checkpoint_path for the job."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text("SELECT epoch, checkpoint_path FROM validation_results WHERE job_id = :job ORDER BY epoch"),
+            {"job": job_id},
+        )
+        return {epoch: path for epoch, path in rows}
+
+
+def records(engine: Engine, job_id: int | None = None) -> list[dict[str, Any]]:
+    return PromotionStore(engine).history(job_id, limit=1000)[::-1]
+
+
+JOB = JobRef(job_id=42, project_id=7)
+
+
+def attempt(n: int, job: JobRef = JOB) -> AttemptRef:
+    return AttemptRef(job=job, attempt=n)
+
+
+def weights(label: str, size: int = 2048) -> bytes:
+    """Distinct, deterministic checkpoint bytes."""
+    seed = label.encode()
+    return (seed * (size // len(seed) + 1))[:size]
+
+
+@dataclass
+class Trainer:
+    """Stages attempts the way a trainer does: files first, manifest last."""
+
+    s3: Any
+    layout: Layout
+
+    def finish(
+        self,
+        ref: AttemptRef,
+        status: Status = "interrupted",
+        files: Mapping[CheckpointName, Checkpoint] | None = None,
+        **fields: Any,
+    ) -> Manifest:
+        if files is None:
+            files = {
+                "best": Checkpoint(weights(f"best-{ref.attempt}"), epoch=18),
+                "last": Checkpoint(weights(f"last-{ref.attempt}"), epoch=20),
+            }
+        return stage_attempt(self.s3, self.layout, ref, status, files, **fields)
+
+    def put_manifest(self, ref: AttemptRef, body: bytes) -> str:
+        key = self.layout.manifest_key(ref)
+        self.s3.put_object(Bucket=self.layout.bucket, Key=key, Body=body)
+        return key
+
+
+def canonical_bytes(s3: Any, layout: Layout, job: JobRef, name: CheckpointName) -> bytes | None:
+    try:
+        return bytes(s3.get_object(Bucket=layout.bucket, Key=layout.canonical_key(job, name))["Body"].read())
+    except s3.exceptions.NoSuchKey:
+        return None
