@@ -62,9 +62,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def postgres_url(pg_url: str) -> str:
-    """For the tests of PostgreSQL-only behaviour."""
-    return pg_url
+def pg_engine(pg_url: str) -> Iterator[Engine]:
+    """For the tests of PostgreSQL-only behaviour: a reset database on the real server."""
+    engine = make_engine(pg_url, lock_timeout_seconds=5)
+    _reset(engine)
+    yield engine
+    engine.dispose()
 
 
 def _reset(engine: Engine) -> None:

@@ -103,6 +103,9 @@ def objects_in(document: Any) -> list[ObjectCreated]:
             s3_event = S3Model.model_validate(document)
         except ValidationError as exc:
             raise UnrecognisedEvent(f"invalid S3 event notification: {describe(exc)}") from None
+        except (AttributeError, TypeError, KeyError) as exc:
+            # S3Model's own validators assume a complete record and crash on a partial one.
+            raise UnrecognisedEvent(f"invalid S3 event notification: {type(exc).__name__}: {exc}") from None
         return [
             # S3 form-encodes keys in notifications ('+' for space); decoded here and nowhere else.
             ObjectCreated(bucket=r.s3.bucket.name, key=unquote_plus(r.s3.object.key), source="s3")

@@ -1,0 +1,191 @@
+"""The Lambda handler with the events/ fixtures, moto's S3 and a real database (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+from ckpt.errors import StorageUnavailable
+
+from tests.support import add_epochs, attempt, paths, records
+
+EVENTS = Path(__file__).parents[2] / "events"
+URI_BEST = "r2://vision-platform-prod/checkpoints/projects/7/jobs/42/best.pt"
+URI_LAST = "r2://vision-platform-prod/checkpoints/projects/7/jobs/42/last.pt"
+
+
+@dataclass
+class LambdaContext:
+    function_name: str = "PromoteCheckpointsFunction"
+    memory_limit_in_mb: int = 1024
+    invoked_function_arn: str = "arn:aws:lambda:eu-west-1:123456789012:function:PromoteCheckpointsFunction"
+    aws_request_id: str = "5f1b7a2e-0000-4000-8000-000000000000"
+
+
+def event(name: str) -> dict[str, Any]:
+    return json.loads((EVENTS / name).read_text())
+
+
+@pytest.fixture
+def handler(monkeypatch, database_url, engine, s3):
+    """The handler module, configured through the environment as template.yaml configures it."""
+    monkeypatch.setenv("CHECKPOINT_BUCKET", "vision-platform-prod")
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "1")
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "CheckpointPipeline")
+    from promote_checkpoints import handler as module
+
+    monkeypatch.setattr(module, "_promoter", None)
+    return module
+
+
+@pytest.fixture
+def staged(engine, trainer):
+    add_epochs(engine, 42, {epoch: epoch / 100 for epoch in range(1, 21)} | {19: 0.1, 20: 0.12})
+    trainer.finish(attempt(1))
+
+
+def invoke(handler: Any, payload: dict[str, Any]) -> dict[str, Any]:
+    return handler.lambda_handler(payload, LambdaContext())
+
+
+@pytest.mark.parametrize(
+    "fixture", ["s3-object-created.json", "r2-event-notification.json", "reprocess.json"], ids=lambda f: f[:-5]
+)
+def test_direct_triggers_promote_the_staged_attempt(handler, staged, engine, fixture):
+    answer = invoke(handler, event(fixture))
+
+    assert [o["outcome"] for o in answer["outcomes"]] == ["promoted"]
+    assert {e: p for e, p in paths(engine, 42).items() if p} == {18: URI_BEST, 20: URI_LAST}
+
+
+@pytest.mark.parametrize("fixture", ["sqs-s3-notification.json", "sqs-r2-notification.json"], ids=lambda f: f[:-5])
+def test_sqs_batches_promote_and_report_no_failures(handler, staged, engine, fixture):
+    answer = invoke(handler, event(fixture))
+
+    assert answer == {"batchItemFailures": []}
+    assert {e: p for e, p in paths(engine, 42).items() if p} == {18: URI_BEST, 20: URI_LAST}
+    assert [r["trigger"] for r in records(engine, 42)] == [f"sqs:{fixture.split('-')[1]}"]
+
+
+def test_the_s3_test_event_is_skipped(handler, engine):
+    test_event = event("sqs-s3-notification.json")
+    test_event["Records"] = test_event["Records"][1:]
+
+    assert invoke(handler, test_event) == {"batchItemFailures": []}
+    assert records(engine) == []
+
+
+def test_a_dry_run_reprocess_plans_without_writing(handler, staged, engine):
+    answer = invoke(handler, event("reprocess-dry-run.json"))
+
+    assert [o["outcome"] for o in answer["outcomes"]] == ["planned"]
+    assert not any(paths(engine, 42).values())
+
+
+def _sqs_record(body: str, message_id: str) -> dict[str, Any]:
+    record = copy.deepcopy(event("sqs-s3-notification.json")["Records"][0])
+    record.update(body=body, messageId=message_id)
+    return record
+
+
+def _s3_body(key: str) -> str:
+    notification = json.loads(event("sqs-s3-notification.json")["Records"][0]["body"])
+    notification["Records"][0]["s3"]["object"]["key"] = key
+    return json.dumps(notification)
+
+
+def test_permanent_errors_do_not_fail_the_rest_of_the_batch(handler, staged, engine, trainer):
+    trainer.put_manifest(attempt(1, attempt(1).job.__class__(job_id=50, project_id=7)), b"{not json")
+    batch = {
+        "Records": [
+            _sqs_record("this is not JSON", "bad-body"),
+            _sqs_record('{"hello": "world"}', "unknown-shape"),
+            _sqs_record(_s3_body("staging/projects/7/jobs/50/attempts/1/manifest.json"), "bad-manifest"),
+            _sqs_record(_s3_body("staging/projects/7/jobs/42/attempts/1/best.pt"), "not-a-manifest"),
+            _sqs_record(_s3_body("staging/projects/7/jobs/42/attempts/1/manifest.json"), "good"),
+        ]
+    }
+
+    answer = invoke(handler, batch)
+
+    assert answer == {"batchItemFailures": []}
+    assert paths(engine, 42)[18] == URI_BEST
+    assert [(r["job_id"], r["outcome"]) for r in records(engine)] == [(50, "rejected"), (42, "promoted")]
+
+
+def test_transient_errors_fail_only_their_record_and_the_retry_succeeds(handler, staged, engine, trainer, monkeypatch):
+    from ckpt.keys import JobRef
+
+    other = JobRef(job_id=43, project_id=7)
+    add_epochs(engine, 43, {18: 0.5, 20: 0.4})
+    trainer.finish(attempt(1, other))
+    promoter = handler.get_promoter()
+    real_copy = promoter.storage.copy
+
+    def copy_failing_for_job_43(source_key: str, *args: Any) -> Any:
+        if "/jobs/43/" in source_key:
+            raise StorageUnavailable("injected: 500 InternalError")
+        return real_copy(source_key, *args)
+
+    monkeypatch.setattr(promoter.storage, "copy", copy_failing_for_job_43)
+    batch = {
+        "Records": [
+            _sqs_record(_s3_body("staging/projects/7/jobs/43/attempts/1/manifest.json"), "job-43"),
+            _sqs_record(_s3_body("staging/projects/7/jobs/42/attempts/1/manifest.json"), "job-42"),
+        ]
+    }
+
+    assert invoke(handler, batch) == {"batchItemFailures": [{"itemIdentifier": "job-43"}]}
+    assert paths(engine, 43) == {18: None, 20: None}
+
+    monkeypatch.setattr(promoter.storage, "copy", real_copy)
+    assert invoke(handler, {"Records": batch["Records"][:1]}) == {"batchItemFailures": []}
+    assert paths(engine, 43)[18] == "r2://vision-platform-prod/checkpoints/projects/7/jobs/43/best.pt"
+
+
+def test_an_unreachable_database_fails_the_records_that_need_it(handler, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql+pg8000://postgres@127.0.0.1:1/none")
+    batch = event("sqs-s3-notification.json")  # a manifest notification, then s3:TestEvent
+
+    answer = invoke(handler, batch)
+
+    assert answer == {"batchItemFailures": [{"itemIdentifier": batch["Records"][0]["messageId"]}]}
+    # With every record failing, Powertools fails the whole invocation so Lambda redelivers the batch.
+    with pytest.raises(BatchProcessingError):
+        invoke(handler, {"Records": batch["Records"][:1]})
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{"hello": "world"}, {"action": "reprocess", "job_id": "42"}, {"Records": [{"eventSource": "aws:s3"}]}],
+    ids=["unknown", "bad-reprocess", "bad-s3"],
+)
+def test_unrecognised_direct_events_are_answered_not_raised(handler, payload, engine):
+    answer = invoke(handler, payload)
+
+    [outcome] = answer["outcomes"]
+    assert outcome["outcome"] == "rejected"
+    assert outcome["reason"]
+
+
+def test_reprocess_of_a_job_with_nothing_staged_is_answered_with_the_reason(handler, engine):
+    answer = invoke(handler, {"action": "reprocess", "project_id": 7, "job_id": 999})
+
+    assert answer["outcomes"][0]["outcome"] == "rejected"
+    assert "no staged manifest" in answer["outcomes"][0]["reason"]
+
+
+def test_missing_service_tables_fail_with_the_command_that_fixes_them(handler, engine, monkeypatch):
+    from ckpt.errors import ConfigurationError
+
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE ckpt_promotions")
+
+    with pytest.raises(ConfigurationError, match="ckpt db upgrade"):
+        invoke(handler, event("s3-object-created.json"))

@@ -1,0 +1,194 @@
+"""Settings from the environment (the contract's configuration table) and database URLs from secrets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from ckpt.config import Settings, database_url_from_secret
+from ckpt.errors import ConfigurationError
+from ckpt.keys import Layout
+
+VARIABLES = {
+    "CHECKPOINT_BUCKET": "bucket",
+    "AWS_S3_ENDPOINT_URL": "endpoint_url",
+    "DATABASE_URL": "database_url",
+    "DATABASE_SECRET_ARN": "database_secret_arn",
+    "STAGING_PREFIX": "staging_prefix",
+    "CANONICAL_PREFIX": "canonical_prefix",
+    "CHECKPOINT_URI_SCHEME": "uri_scheme",
+}
+
+# The contract's defaults, written out rather than read from the dataclass.
+DEFAULTS = {
+    "bucket": "vision-platform-prod",
+    "endpoint_url": None,
+    "database_url": None,
+    "database_secret_arn": None,
+    "staging_prefix": "staging/",
+    "canonical_prefix": "checkpoints/",
+    "uri_scheme": "r2",
+}
+
+
+def fields(settings: Settings) -> dict[str, Any]:
+    return {name: getattr(settings, name) for name in DEFAULTS}
+
+
+def test_from_env_defaults_are_the_contract_table() -> None:
+    assert fields(Settings.from_env({})) == DEFAULTS
+
+
+def test_from_env_treats_empty_strings_as_unset() -> None:
+    assert fields(Settings.from_env(dict.fromkeys(VARIABLES, ""))) == DEFAULTS
+
+
+def test_from_env_ignores_unrelated_variables() -> None:
+    assert fields(Settings.from_env({"AWS_REGION": "eu-west-1", "BUCKET": "other"})) == DEFAULTS
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("CHECKPOINT_BUCKET", "vision-platform-staging"),
+        ("AWS_S3_ENDPOINT_URL", "https://0123456789abcdef.r2.cloudflarestorage.com"),
+        ("DATABASE_URL", "postgresql+pg8000://ckpt:secret@db:5432/platform"),
+        ("DATABASE_SECRET_ARN", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:ckpt-db-AbCdEf"),
+        ("STAGING_PREFIX", "ml/staging/"),
+        ("CANONICAL_PREFIX", "ml/checkpoints/"),
+        ("CHECKPOINT_URI_SCHEME", "s3"),
+    ],
+)
+def test_from_env_reads_each_variable_into_its_setting(variable: str, value: str) -> None:
+    assert fields(Settings.from_env({variable: value})) == {**DEFAULTS, VARIABLES[variable]: value}
+
+
+def test_sam_local_env_file_gives_usable_settings() -> None:
+    env = json.loads((Path(__file__).resolve().parents[2] / "events" / "env.json").read_text())
+    settings = Settings.from_env(env["PromoteCheckpointsFunction"])
+    assert settings.database_secret_arn is None  # "" in env.json means unset
+    assert settings.layout() == Layout(bucket=settings.bucket)
+
+
+def test_layout_is_built_from_the_settings() -> None:
+    settings = Settings.from_env(
+        {
+            "CHECKPOINT_BUCKET": "models",
+            "STAGING_PREFIX": "ml/staging/",
+            "CANONICAL_PREFIX": "ml/checkpoints/",
+            "CHECKPOINT_URI_SCHEME": "s3",
+        }
+    )
+    assert settings.layout() == Layout(
+        bucket="models", staging_prefix="ml/staging/", canonical_prefix="ml/checkpoints/", uri_scheme="s3"
+    )
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        pytest.param({"STAGING_PREFIX": "staging"}, id="staging-without-slash"),
+        pytest.param({"CANONICAL_PREFIX": "/checkpoints/"}, id="canonical-leading-slash"),
+        pytest.param({"STAGING_PREFIX": "checkpoints/"}, id="same-prefixes"),
+        pytest.param({"STAGING_PREFIX": "data/", "CANONICAL_PREFIX": "data/checkpoints/"}, id="nested-prefixes"),
+    ],
+)
+def test_layout_errors_become_configuration_errors(env: dict[str, str]) -> None:
+    settings = Settings.from_env(env)
+    with pytest.raises(ConfigurationError, match="prefix"):
+        settings.layout()
+
+
+# --- database secrets ---------------------------------------------------------------------------------------
+
+RDS_SECRET = {
+    "username": "ckpt_service",
+    "password": "p@ss:w/rd?#%",
+    "engine": "postgres",
+    "host": "platform.cluster-c1a2b3.eu-west-1.rds.amazonaws.com",
+    "port": 5432,
+    "dbname": "platform",
+    "dbClusterIdentifier": "platform",
+}
+
+
+@pytest.mark.parametrize("secret", [RDS_SECRET, json.dumps(RDS_SECRET)], ids=["dict", "json-string"])
+def test_rds_secret_becomes_a_pg8000_url(secret: Any) -> None:
+    url = database_url_from_secret(secret)
+    assert url.drivername == "postgresql+pg8000"
+    assert (url.username, url.password, url.host, url.port, url.database) == (
+        "ckpt_service",
+        "p@ss:w/rd?#%",
+        "platform.cluster-c1a2b3.eu-west-1.rds.amazonaws.com",
+        5432,
+        "platform",
+    )
+
+
+def test_rds_secret_url_survives_rendering_with_special_characters_in_the_password() -> None:
+    url = database_url_from_secret(RDS_SECRET)
+    assert make_url(url.render_as_string(hide_password=False)).password == RDS_SECRET["password"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "port", "database"),
+    [
+        pytest.param({"port": "6432"}, 6432, "platform", id="port-as-string"),
+        pytest.param({"port": None}, 5432, "platform", id="port-null"),
+        pytest.param({"dbname": None, "database": "analytics"}, 5432, "analytics", id="database-field"),
+        pytest.param({"dbname": None}, 5432, "postgres", id="no-database"),
+    ],
+)
+def test_rds_secret_optional_fields(changes: dict[str, Any], port: int, database: str) -> None:
+    secret = {**RDS_SECRET, **changes}
+    url = database_url_from_secret({k: v for k, v in secret.items() if v is not None})
+    assert (url.port, url.database) == (port, database)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql+pg8000://ckpt:secret@db.internal:6543/platform", "sqlite:////tmp/ckpt.db"],
+)
+def test_secret_with_url_field_uses_it(url: str) -> None:
+    assert database_url_from_secret({"url": url}) == make_url(url)
+    assert database_url_from_secret(json.dumps({"url": url})) == make_url(url)
+
+
+def test_secret_url_field_wins_over_rds_fields() -> None:
+    url = "postgresql+pg8000://other:pw@elsewhere:5432/db"
+    assert database_url_from_secret({**RDS_SECRET, "url": url}) == make_url(url)
+
+
+@pytest.mark.parametrize(
+    ("secret", "missing"),
+    [
+        pytest.param({}, ["username", "password", "host"], id="empty"),
+        pytest.param({"username": "u", "password": "p"}, ["host"], id="no-host"),
+        pytest.param({"username": "u", "host": "h"}, ["password"], id="no-password"),
+        pytest.param({"password": "p", "host": "h", "port": 5432}, ["username"], id="no-username"),
+        pytest.param({"username": "u", "password": "", "host": "h"}, ["password"], id="empty-password"),
+        pytest.param({"url": "", "engine": "postgres"}, ["username", "password", "host"], id="empty-url"),
+    ],
+)
+def test_secret_missing_fields_is_a_configuration_error_naming_them(secret: dict[str, Any], missing: list[str]) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        database_url_from_secret(secret)
+    message = str(caught.value)
+    for name in ("username", "password", "host"):
+        assert (name in message) == (name in missing), f"{name!r} in {message!r}"
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        pytest.param("postgres://not-json", id="plain-text"),
+        pytest.param('["username", "password"]', id="json-array"),
+    ],
+)
+def test_secret_that_is_not_a_json_object_is_a_configuration_error(secret: str) -> None:
+    with pytest.raises(ConfigurationError):
+        database_url_from_secret(secret)
