@@ -85,3 +85,13 @@ def canonical_bytes(s3: Any, layout: Layout, job: JobRef, name: CheckpointName) 
         return bytes(s3.get_object(Bucket=layout.bucket, Key=layout.canonical_key(job, name))["Body"].read())
     except s3.exceptions.NoSuchKey:
         return None
+
+
+@dataclass
+class LambdaContext:
+    """The parts of Lambda's context object that Powertools reads."""
+
+    function_name: str = "PromoteCheckpointsFunction"
+    memory_limit_in_mb: int = 1024
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:PromoteCheckpointsFunction"
+    aws_request_id: str = "00000000-0000-4000-8000-000000000000"

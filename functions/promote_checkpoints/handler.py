@@ -34,9 +34,13 @@ def get_promoter() -> Promoter:
     global _promoter
     if _promoter is None:
         settings = Settings.from_env(os.environ)
-        engine = engine_from_settings(settings, lambda arn: str(parameters.get_secret(arn, max_age=300)))
-        _promoter = build_promoter(settings, engine)
+        engine = engine_from_settings(settings, _read_secret)
+        _promoter = build_promoter(settings, engine, _read_secret)
     return _promoter
+
+
+def _read_secret(arn: str) -> str:
+    return str(parameters.get_secret(arn, max_age=300))
 
 
 @tracer.capture_method
@@ -59,8 +63,10 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     try:
         kind = triggers.kind_of(event)
         if kind == "sqs":
-            return process_partial_response(
-                event=event, record_handler=record_handler, processor=processor, context=context
+            return dict(
+                process_partial_response(
+                    event=event, record_handler=record_handler, processor=processor, context=context
+                )
             )
         if kind == "reprocess":
             request = triggers.parse_reprocess(event)

@@ -7,6 +7,8 @@ import math
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, text
+
 from ckpt.db import migrate
 from ckpt.db.engine import make_engine
 from ckpt.db.schema import VERSION_TABLE, service_metadata
@@ -14,8 +16,6 @@ from ckpt.db.store import PromotionStore
 from ckpt.errors import DatabaseUnavailable
 from ckpt.keys import JobRef
 from ckpt.rules import best_epoch, last_epoch
-from sqlalchemy import inspect, text
-
 from tests.support import add_epochs
 
 JOB = JobRef(job_id=42, project_id=7)

@@ -8,12 +8,12 @@ import threading
 from typing import Any
 
 import pytest
+from sqlalchemy import event
+
 from ckpt.errors import ObjectChanged, StorageUnavailable
 from ckpt.outcome import Status
 from ckpt.promotion import Promoter
 from ckpt.staging import Checkpoint
-from sqlalchemy import event
-
 from tests.support import JOB, add_epochs, attempt, canonical_bytes, paths, records, weights
 
 URI_BEST = "r2://vision-platform-prod/checkpoints/projects/7/jobs/42/best.pt"

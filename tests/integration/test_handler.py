@@ -4,27 +4,18 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
-from ckpt.errors import StorageUnavailable
 
-from tests.support import add_epochs, attempt, paths, records
+from ckpt.errors import StorageUnavailable
+from tests.support import LambdaContext, add_epochs, attempt, paths, records
 
 EVENTS = Path(__file__).parents[2] / "events"
 URI_BEST = "r2://vision-platform-prod/checkpoints/projects/7/jobs/42/best.pt"
 URI_LAST = "r2://vision-platform-prod/checkpoints/projects/7/jobs/42/last.pt"
-
-
-@dataclass
-class LambdaContext:
-    function_name: str = "PromoteCheckpointsFunction"
-    memory_limit_in_mb: int = 1024
-    invoked_function_arn: str = "arn:aws:lambda:eu-west-1:123456789012:function:PromoteCheckpointsFunction"
-    aws_request_id: str = "5f1b7a2e-0000-4000-8000-000000000000"
 
 
 def event(name: str) -> dict[str, Any]:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+
 from ckpt.keys import JobRef
 from ckpt.manifest import Metric
 from ckpt.outcome import Status
 from ckpt.staging import Checkpoint
-
 from tests.support import JOB, add_epochs, attempt, canonical_bytes, paths, records, weights
 
 URI_BEST = "r2://vision-platform-prod/checkpoints/projects/7/jobs/42/best.pt"

@@ -192,3 +192,23 @@ def test_secret_missing_fields_is_a_configuration_error_naming_them(secret: dict
 def test_secret_that_is_not_a_json_object_is_a_configuration_error(secret: str) -> None:
     with pytest.raises(ConfigurationError):
         database_url_from_secret(secret)
+
+
+def test_storage_credentials_come_from_their_secret() -> None:
+    from ckpt.config import storage_credentials_from_secret
+
+    assert storage_credentials_from_secret('{"access_key_id": "AK", "secret_access_key": "SK"}') == {
+        "aws_access_key_id": "AK",
+        "aws_secret_access_key": "SK",
+    }
+
+
+@pytest.mark.parametrize(
+    ("secret", "message"),
+    [('{"access_key_id": "AK"}', "secret_access_key"), ("not json", "JSON object"), ("[1]", "JSON object")],
+)
+def test_bad_storage_credentials_secrets_are_configuration_errors(secret: str, message: str) -> None:
+    from ckpt.config import storage_credentials_from_secret
+
+    with pytest.raises(ConfigurationError, match=message):
+        storage_credentials_from_secret(secret)

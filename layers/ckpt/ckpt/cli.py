@@ -82,7 +82,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         for row in rows:
             print(json.dumps(row, default=str))
         return 0
-    promoter = build_promoter(settings, engine)
+    promoter = build_promoter(settings, engine, _read_secret)
     job = JobRef(job_id=args.job_id, project_id=args.project_id)
     outcome = promoter.reprocess(job, args.attempt, dry_run=args.dry_run)
     print(json.dumps(outcome.log_fields(), indent=2, default=_json_default))

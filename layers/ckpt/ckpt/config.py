@@ -21,6 +21,8 @@ class Settings:
     endpoint_url: str | None = None
     database_url: str | None = None
     database_secret_arn: str | None = None
+    # Access keys for an S3-compatible store (R2), where an IAM role means nothing.
+    storage_credentials_secret_arn: str | None = None
     staging_prefix: str = "staging/"
     canonical_prefix: str = "checkpoints/"
     uri_scheme: str = "r2"
@@ -35,6 +37,7 @@ class Settings:
             endpoint_url=value("AWS_S3_ENDPOINT_URL"),
             database_url=value("DATABASE_URL"),
             database_secret_arn=value("DATABASE_SECRET_ARN"),
+            storage_credentials_secret_arn=value("STORAGE_CREDENTIALS_SECRET_ARN"),
             staging_prefix=value("STAGING_PREFIX", "staging/") or "staging/",
             canonical_prefix=value("CANONICAL_PREFIX", "checkpoints/") or "checkpoints/",
             uri_scheme=value("CHECKPOINT_URI_SCHEME", "r2") or "r2",
@@ -52,10 +55,32 @@ class Settings:
             raise ConfigurationError(str(exc)) from None
 
 
+def _json_object(secret: str | Mapping[str, Any], what: str) -> Mapping[str, Any]:
+    try:
+        document = json.loads(secret) if isinstance(secret, str) else secret
+    except json.JSONDecodeError:
+        document = None
+    if not isinstance(document, Mapping):
+        raise ConfigurationError(f"{what} secret must be a JSON object")
+    return document
+
+
+def storage_credentials_from_secret(secret: str | Mapping[str, Any]) -> dict[str, str]:
+    """boto3 credentials from a secret holding ``access_key_id`` and ``secret_access_key``."""
+    document = _json_object(secret, "storage credentials")
+    missing = [name for name in ("access_key_id", "secret_access_key") if not document.get(name)]
+    if missing:
+        raise ConfigurationError(f"storage credentials secret lacks {', '.join(missing)}")
+    return {
+        "aws_access_key_id": document["access_key_id"],
+        "aws_secret_access_key": document["secret_access_key"],
+    }
+
+
 def database_url_from_secret(secret: str | Mapping[str, Any]) -> URL:
     """A pg8000 URL from a Secrets Manager secret in the RDS layout
     (``username``, ``password``, ``host``, ``port``, ``dbname``), or one that holds a ``url``."""
-    document = json.loads(secret) if isinstance(secret, str) else secret
+    document = _json_object(secret, "database (RDS layout, or one with a 'url' field)")
     if document.get("url"):
         return make_url(document["url"])
     missing = [name for name in ("username", "password", "host") if not document.get(name)]

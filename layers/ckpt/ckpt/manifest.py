@@ -19,7 +19,8 @@ SCHEMA_VERSION = 1
 MAX_MANIFEST_BYTES = 64 * 1024
 
 PositiveId = Annotated[int, Field(strict=True, gt=0)]
-Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$", to_lower=True)]
+# The pattern is checked before to_lower applies, so it admits upper case too.
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$", to_lower=True)]
 Status = Literal["completed", "interrupted", "failed"]
 MetricMode = Literal["max", "min"]
 
@@ -98,7 +99,7 @@ def parse_manifest(raw: bytes) -> Manifest:
     if not isinstance(document, dict):
         raise ManifestError(f"manifest must be a JSON object, got {type(document).__name__}")
     version = document.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version != SCHEMA_VERSION:  # `true == 1` in Python
         raise ManifestError(
             f"unsupported schema_version {version!r}: this function reads schema_version {SCHEMA_VERSION}"
         )

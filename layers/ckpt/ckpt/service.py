@@ -7,7 +7,7 @@ from collections.abc import Callable
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL, make_url
 
-from ckpt.config import Settings, database_url_from_secret
+from ckpt.config import Settings, database_url_from_secret, storage_credentials_from_secret
 from ckpt.db.engine import make_engine
 from ckpt.db.store import PromotionStore
 from ckpt.errors import ConfigurationError
@@ -34,11 +34,20 @@ def engine_from_settings(settings: Settings, read_secret: SecretReader | None = 
     return make_engine(database_url(settings, read_secret))
 
 
-def build_promoter(settings: Settings, engine: Engine, *, s3_client: object | None = None) -> Promoter:
+def s3_client(settings: Settings, read_secret: SecretReader | None = None) -> object:
+    credentials = None
+    if settings.storage_credentials_secret_arn:
+        if read_secret is None:
+            raise ConfigurationError("STORAGE_CREDENTIALS_SECRET_ARN is set but no secret reader was given")
+        credentials = storage_credentials_from_secret(read_secret(settings.storage_credentials_secret_arn))
+    return make_client(settings.endpoint_url, credentials=credentials)
+
+
+def build_promoter(settings: Settings, engine: Engine, read_secret: SecretReader | None = None) -> Promoter:
     """The promotion wired to real adapters; fails early if the database lacks a table it needs."""
     store = PromotionStore(engine)
     check_schema(store)
-    client = s3_client or make_client(settings.endpoint_url)
+    client = s3_client(settings, read_secret)
     return Promoter(layout=settings.layout(), storage=S3Storage(client, settings.bucket), store=store)
 
 

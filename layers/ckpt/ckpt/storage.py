@@ -37,7 +37,9 @@ class ObjectInfo:
     metadata: Mapping[str, str]
 
 
-def make_client(endpoint_url: str | None = None, region: str | None = None) -> Any:
+def make_client(
+    endpoint_url: str | None = None, region: str | None = None, credentials: Mapping[str, str] | None = None
+) -> Any:
     """An S3 client that works against AWS S3 and R2 alike.
 
     R2 rejects the CRC checksums boto3 adds to every request since 1.36 unless told to send them only
@@ -50,7 +52,15 @@ def make_client(endpoint_url: str | None = None, region: str | None = None) -> A
         connect_timeout=10,
         read_timeout=60,
     )
-    return boto3.client("s3", endpoint_url=endpoint_url or None, region_name=region or None, config=config)
+    credentials = credentials or {}
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url or None,
+        region_name=region or None,
+        config=config,
+        aws_access_key_id=credentials.get("aws_access_key_id"),
+        aws_secret_access_key=credentials.get("aws_secret_access_key"),
+    )
 
 
 @contextmanager

@@ -1,0 +1,60 @@
+# One venv at the repo root holds the package (editable), the function's and the tests' dependencies and
+# the SAM CLI. `install` is idempotent: it reinstalls only when pyproject.toml changed.
+PYTHON ?= python3
+export SAM_CLI_TELEMETRY := 0
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PG_CLUSTER = $(shell ls /etc/postgresql 2>/dev/null | head -n 1)
+
+.PHONY: install demo test test-unit test-integration test-e2e lint format typecheck build validate bench clean postgres
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	PYTHONPATH=functions $(BIN)/python -m tests.e2e.demo
+
+test: install
+	$(BIN)/python -m pytest
+
+test-unit: install
+	$(BIN)/python -m pytest tests/unit
+
+test-integration: install
+	$(BIN)/python -m pytest tests/integration
+
+test-e2e: install
+	$(BIN)/python -m pytest tests/e2e
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+validate: install
+	$(BIN)/sam validate --lint
+
+build: install validate
+	$(BIN)/sam build
+
+bench: install
+	@echo "make bench: not yet (the benchmark issue adds promotion throughput and hashing figures)"
+
+# Start the local PostgreSQL if it is not accepting connections (CI and fresh machines).
+postgres:
+	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $(PG_CLUSTER) main start
+	@for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && exit 0; sleep 1; done; \
+		echo "PostgreSQL is not accepting connections on 127.0.0.1:5432" >&2; exit 1
+
+clean:
+	rm -rf .aws-sam .demo .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,163 @@
+"""The pipeline on one machine, with nothing from the cloud: moto's standalone server (real HTTP S3 and
+SQS on loopback, with the bucket notification to SQS), a database URL, and a Lambda-style SQS poller
+that hands batches to the real handler the way the Lambda service does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+
+from ckpt.storage import make_client
+from tests.support import LambdaContext
+
+REGION = "us-east-1"
+QUEUE = "promote-checkpoints"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local", "AWS_DEFAULT_REGION": REGION}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """Start ``moto_server`` on a free loopback port; yields its endpoint URL and stops it afterwards."""
+    port = _free_port()
+    executable = os.path.join(os.path.dirname(sys.executable), "moto_server")
+    process = subprocess.Popen(
+        [executable, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"moto_server exited: {process.stderr.read().decode() if process.stderr else ''}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("moto_server did not start within 30 s") from None
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@dataclass
+class Pipeline:
+    """A bucket whose manifest uploads notify an SQS queue, as template.yaml deploys it."""
+
+    endpoint: str
+    bucket: str
+    staging_prefix: str = "staging/"
+    s3: Any = field(init=False)
+    sqs: Any = field(init=False)
+    queue_url: str = field(init=False)
+    queue_arn: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        os.environ.update(CREDENTIALS)
+        self.s3 = make_client(self.endpoint, REGION)
+        self.sqs = boto3.client("sqs", endpoint_url=self.endpoint, region_name=REGION)
+
+    def create(self) -> Pipeline:
+        self.s3.create_bucket(Bucket=self.bucket)
+        self.queue_url = self.sqs.create_queue(QueueName=f"{QUEUE}-{self.bucket}")["QueueUrl"]
+        self.queue_arn = self.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        self.s3.put_bucket_notification_configuration(
+            Bucket=self.bucket,
+            NotificationConfiguration={
+                "QueueConfigurations": [
+                    {
+                        "Id": "promote-checkpoints-manifests",
+                        "QueueArn": self.queue_arn,
+                        "Events": ["s3:ObjectCreated:*"],
+                        "Filter": {
+                            "Key": {
+                                "FilterRules": [
+                                    {"Name": "prefix", "Value": self.staging_prefix},
+                                    {"Name": "suffix", "Value": "manifest.json"},
+                                ]
+                            }
+                        },
+                    }
+                ]
+            },
+        )
+        return self
+
+    def receive(self, wait_seconds: float = 10.0, expect: int = 1) -> list[dict[str, Any]]:
+        """Poll the queue until ``expect`` messages arrived or ``wait_seconds`` passed."""
+        messages: list[dict[str, Any]] = []
+        deadline = time.monotonic() + wait_seconds
+        while len(messages) < expect and time.monotonic() < deadline:
+            answer = self.sqs.receive_message(
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=10,
+                WaitTimeSeconds=1,
+                AttributeNames=["All"],
+                VisibilityTimeout=30,
+            )
+            messages.extend(answer.get("Messages", []))
+        return messages
+
+    def lambda_event(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        """The event the Lambda SQS poller builds from received messages."""
+        return {
+            "Records": [
+                {
+                    "messageId": m["MessageId"],
+                    "receiptHandle": m["ReceiptHandle"],
+                    "body": m["Body"],
+                    "attributes": m.get("Attributes", {}),
+                    "messageAttributes": {},
+                    "md5OfBody": m.get("MD5OfBody") or hashlib.md5(m["Body"].encode()).hexdigest(),
+                    "eventSource": "aws:sqs",
+                    "eventSourceARN": self.queue_arn,
+                    "awsRegion": REGION,
+                }
+                for m in messages
+            ]
+        }
+
+    def deliver(self, handler: Any, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        """Invoke the handler with a batch and delete what succeeded, as Lambda does with partial failures."""
+        answer: dict[str, Any] = handler.lambda_handler(self.lambda_event(messages), LambdaContext())
+        failed = {item["itemIdentifier"] for item in answer.get("batchItemFailures", [])}
+        for message in messages:
+            if message["MessageId"] not in failed:
+                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+        return answer
+
+    def function_environment(self, database_url: str) -> Mapping[str, str]:
+        """The function's environment, as template.yaml sets it, pointed at the local stack."""
+        return {
+            **CREDENTIALS,
+            "CHECKPOINT_BUCKET": self.bucket,
+            "AWS_S3_ENDPOINT_URL": self.endpoint,
+            "DATABASE_URL": database_url,
+            "STAGING_PREFIX": self.staging_prefix,
+            "POWERTOOLS_TRACE_DISABLED": "1",
+            "POWERTOOLS_METRICS_NAMESPACE": "CheckpointPipeline",
+        }

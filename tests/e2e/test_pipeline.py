@@ -1,0 +1,118 @@
+"""End to end: moto's standalone server (real HTTP S3 and SQS, real bucket notification) → SQS → handler
+→ database, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import unquote_plus
+
+import pytest
+
+from ckpt.db import migrate
+from ckpt.db.engine import make_engine
+from ckpt.db.schema import platform_metadata
+from ckpt.keys import Layout
+from tests.e2e import demo
+from tests.e2e.local_stack import Pipeline, moto_server
+from tests.support import Trainer, add_epochs, attempt, paths, records
+
+
+@pytest.fixture
+def clean_environment() -> Iterator[None]:
+    """The pipeline sets the function's environment the way Lambda would; put the test process's back."""
+    saved = dict(os.environ)
+    from promote_checkpoints import handler
+
+    handler._promoter = None
+    yield
+    handler._promoter = None
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[str]:
+    with moto_server() as url:
+        yield url
+
+
+def test_the_demo_passes_on_sqlite_and_postgresql(database_url, clean_environment):
+    if database_url.startswith("postgresql"):
+        with make_engine(database_url).begin() as connection:
+            connection.exec_driver_sql("DROP TABLE IF EXISTS validation_results")
+    lines: list[str] = []
+
+    demo.run(database_url, size_mb=1, say=lines.append)
+
+    marked = [line for line in lines if "✓" in line]
+    assert [line.split()[0] for line in marked] == ["18", "20"]
+
+
+def test_only_manifests_under_staging_notify_the_queue(endpoint, clean_environment):
+    pipeline = Pipeline(endpoint, "notify-filter").create()
+    s3 = pipeline.s3
+    s3.put_object(Bucket="notify-filter", Key="staging/projects/7/jobs/42/attempts/1/best.pt", Body=b"w")
+    s3.put_object(Bucket="notify-filter", Key="checkpoints/projects/7/jobs/42/manifest.json", Body=b"{}")
+    s3.put_object(Bucket="notify-filter", Key="staging/projects/7/jobs/42/attempts/1/manifest.json", Body=b"{}")
+
+    bodies = [json.loads(m["Body"]) for m in pipeline.receive(expect=4, wait_seconds=4)]
+
+    # moto encodes '/' as %2F where S3 leaves it; both decode to the key
+    keys = [unquote_plus(record["s3"]["object"]["key"]) for body in bodies for record in body.get("Records", [])]
+    assert keys == ["staging/projects/7/jobs/42/attempts/1/manifest.json"]
+    assert [body.get("Event") for body in bodies if "Records" not in body] == ["s3:TestEvent"]
+
+
+def _stack(endpoint: str, bucket: str, database_url: str) -> tuple[Pipeline, Any, Any]:
+    pipeline = Pipeline(endpoint, bucket).create()
+    os.environ.update(pipeline.function_environment(database_url))
+    engine = make_engine(database_url)
+    platform_metadata.drop_all(engine)
+    platform_metadata.create_all(engine)
+    migrate.upgrade(engine)
+    from promote_checkpoints import handler
+
+    return pipeline, engine, handler
+
+
+def test_a_redelivered_notification_is_recorded_as_a_duplicate(endpoint, database_url, clean_environment):
+    bucket = f"redelivery-{'pg' if database_url.startswith('postgresql') else 'lite'}"
+    pipeline, engine, handler = _stack(endpoint, bucket, database_url)
+    add_epochs(engine, 42, {18: 0.6, 20: 0.5})
+    Trainer(pipeline.s3, Layout(bucket=bucket)).finish(attempt(1))
+    messages = [m for m in pipeline.receive(expect=2) if "manifest.json" in m["Body"]]
+
+    pipeline.deliver(handler, messages)
+    pipeline.deliver(handler, messages)
+
+    assert [r["outcome"] for r in records(engine, 42)][-2:] == ["promoted", "duplicate"]
+    assert paths(engine, 42) == {
+        18: f"r2://{bucket}/checkpoints/projects/7/jobs/42/best.pt",
+        20: f"r2://{bucket}/checkpoints/projects/7/jobs/42/last.pt",
+    }
+    engine.dispose()
+
+
+def test_large_checkpoints_are_promoted_with_a_multipart_copy(endpoint, tmp_path, clean_environment):
+    from ckpt.staging import Checkpoint
+    from ckpt.storage import MiB, S3Storage
+
+    database_url = f"sqlite:///{tmp_path / 'ckpt.db'}"
+    pipeline, engine, handler = _stack(endpoint, "multipart", database_url)
+    add_epochs(engine, 42, {1: 0.1})
+    promoter = handler.get_promoter()
+    promoter.storage = S3Storage(pipeline.s3, "multipart", multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB)
+    big = os.urandom(11 * MiB)
+    Trainer(pipeline.s3, Layout(bucket="multipart")).finish(attempt(1), files={"last": Checkpoint(big, epoch=1)})
+    messages = [m for m in pipeline.receive(expect=2) if "manifest.json" in m["Body"]]
+
+    assert pipeline.deliver(handler, messages) == {"batchItemFailures": []}
+
+    copied = pipeline.s3.head_object(Bucket="multipart", Key="checkpoints/projects/7/jobs/42/last.pt")
+    assert copied["ETag"].endswith('-3"')  # three parts: a multipart copy, not CopyObject
+    assert copied["ContentLength"] == len(big)
+    assert paths(engine, 42) == {1: "r2://multipart/checkpoints/projects/7/jobs/42/last.pt"}
+    engine.dispose()
