@@ -350,3 +350,15 @@ def test_non_manifest_staging_keys_are_ignored_and_not_recorded(engine, promoter
 
     assert outcome.status is Status.IGNORED
     assert records(engine) == []
+
+
+def test_a_listed_file_that_is_missing_is_a_recorded_rejection(engine, promoter, trainer, s3, layout):
+    add_epochs(engine, 42, {18: 0.5, 20: 0.4})
+    trainer.finish(attempt(1))
+    s3.delete_object(Bucket=layout.bucket, Key=layout.staged_key(attempt(1), "last"))
+
+    outcome = promote(promoter)
+
+    assert outcome.status is Status.REJECTED
+    assert "last.pt is listed in the manifest but" in records(engine, 42)[0]["reason"]
+    assert canonical_bytes(s3, layout, JOB, "best") is None  # nothing promoted, not even the file that exists

@@ -38,7 +38,10 @@ class ObjectInfo:
 
 
 def make_client(
-    endpoint_url: str | None = None, region: str | None = None, credentials: Mapping[str, str] | None = None
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    credentials: Mapping[str, str] | None = None,
+    max_attempts: int = 5,
 ) -> Any:
     """An S3 client that works against AWS S3 and R2 alike.
 
@@ -48,7 +51,7 @@ def make_client(
     config = Config(
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
-        retries={"mode": "standard", "max_attempts": 5},
+        retries={"mode": "standard", "max_attempts": max_attempts},
         connect_timeout=10,
         read_timeout=60,
     )

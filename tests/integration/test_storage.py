@@ -1,0 +1,101 @@
+"""The storage adapter against moto's S3, and its translation of store errors into domain errors."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+from botocore.stub import Stubber
+
+from ckpt.errors import ObjectChanged, ObjectMissing, StorageUnavailable
+from ckpt.storage import MiB, S3Storage, make_client
+from tests.support import BUCKET
+
+
+def test_head_reports_the_store_sha256_only_for_single_part_uploads(s3, storage):
+    data = os.urandom(1024)
+    s3.put_object(Bucket=BUCKET, Key="a", Body=data, ChecksumAlgorithm="SHA256")
+    s3.put_object(Bucket=BUCKET, Key="b", Body=data)
+
+    assert storage.head("a").sha256 == hashlib.sha256(data).hexdigest()
+    assert storage.head("b").sha256 is None
+
+
+def test_stream_hash_reads_the_whole_object_in_chunks(s3, storage, monkeypatch):
+    monkeypatch.setattr("ckpt.storage.HASH_CHUNK_BYTES", 1000)
+    data = os.urandom(10_500)
+    s3.put_object(Bucket=BUCKET, Key="k", Body=data)
+
+    assert storage.stream_sha256("k", storage.head("k").etag) == (hashlib.sha256(data).hexdigest(), len(data))
+
+
+def test_stream_hash_of_a_replaced_version_is_refused(s3, storage):
+    s3.put_object(Bucket=BUCKET, Key="k", Body=b"one")
+    etag = storage.head("k").etag
+    s3.put_object(Bucket=BUCKET, Key="k", Body=b"two")
+
+    with pytest.raises(ObjectChanged):
+        storage.stream_sha256("k", etag)
+
+
+@pytest.mark.parametrize("size", [3 * MiB, 12 * MiB], ids=["CopyObject", "multipart-UploadPartCopy"])
+def test_copy_is_conditional_on_the_verified_etag(s3, size):
+    storage = S3Storage(s3, BUCKET, multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB)
+    data = os.urandom(size)
+    s3.put_object(Bucket=BUCKET, Key="src", Body=data)
+    etag = storage.head("src").etag
+
+    copied = storage.copy("src", etag, "dst", {"sha256": "x"})
+    assert (copied.size, copied.metadata["sha256"]) == (size, "x")
+    assert s3.get_object(Bucket=BUCKET, Key="dst")["Body"].read() == data
+
+    s3.put_object(Bucket=BUCKET, Key="src", Body=b"replaced")
+    with pytest.raises(ObjectChanged):
+        storage.copy("src", etag, "dst2", {})
+    with pytest.raises(ObjectMissing):
+        storage.head("dst2")
+
+
+def test_read_is_bounded(s3, storage):
+    s3.put_object(Bucket=BUCKET, Key="big", Body=b"x" * 5000)
+    body, _ = storage.read("big", max_bytes=100)
+    assert len(body) == 101  # one byte more than the limit: enough to tell it is too large
+
+
+def test_list_folders_lists_one_level(s3, storage):
+    for key in ("p/attempts/1/manifest.json", "p/attempts/2/best.pt", "p/attempts/10/x/y"):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"")
+    assert sorted(storage.list_folders("p/attempts/")) == ["p/attempts/1/", "p/attempts/10/", "p/attempts/2/"]
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "error"),
+    [
+        ("NoSuchKey", 404, ObjectMissing),
+        ("PreconditionFailed", 412, ObjectChanged),
+        ("InternalError", 500, StorageUnavailable),
+        ("SlowDown", 503, StorageUnavailable),
+        ("AccessDenied", 403, StorageUnavailable),
+    ],
+)
+def test_store_errors_become_domain_errors(aws_credentials, code, status, error):
+    client = make_client(region="us-east-1")
+    storage = S3Storage(client, BUCKET)
+    with Stubber(client) as stub:
+        stub.add_client_error("head_object", service_error_code=code, http_status_code=status)
+        with pytest.raises(error):
+            storage.head("k")
+
+
+def test_an_unreachable_store_is_a_transient_error(aws_credentials):
+    client = make_client("http://127.0.0.1:1", region="auto", max_attempts=1)
+    with pytest.raises(StorageUnavailable):
+        S3Storage(client, BUCKET).head("k")
+
+
+def test_the_client_is_configured_for_r2(aws_credentials):
+    client = make_client("https://account.r2.cloudflarestorage.com", region="auto")
+    assert client.meta.config.request_checksum_calculation == "when_required"
+    assert client.meta.region_name == "auto"
+    assert client.meta.endpoint_url == "https://account.r2.cloudflarestorage.com"
