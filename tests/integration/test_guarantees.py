@@ -296,6 +296,7 @@ def test_a_manifest_cannot_promote_files_from_another_attempts_folder(engine, pr
 
 BAD_MANIFESTS = {
     "malformed JSON": (b'{"schema_version": 1,', "not valid JSON"),
+    "empty": (b"", "not valid JSON"),
     "unknown schema version": (b'{"schema_version": 2}', "unsupported schema_version 2"),
     "missing fields": (b'{"schema_version": 1, "project_id": 7, "attempt": 1, "status": "completed"}', "job_id"),
     "NaN": (

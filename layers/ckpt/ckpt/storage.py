@@ -126,7 +126,13 @@ class S3Storage:
     def read(self, key: str, max_bytes: int) -> tuple[bytes, str]:
         """The object's first ``max_bytes + 1`` bytes (enough to tell it is too large) and its ETag."""
         with _translated(key):
-            response = self._s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=0-{max_bytes}")
+            try:
+                response = self._s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=0-{max_bytes}")
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "InvalidRange":
+                    raise
+                # No byte 0 to start a range at: the object is empty.
+                response = self._s3.get_object(Bucket=self.bucket, Key=key)
             return response["Body"].read(), response["ETag"]
 
     def stream_sha256(self, key: str, etag: str) -> tuple[str, int]:
