@@ -290,8 +290,8 @@ def test_layout_accepts_disjoint_prefixes(staging: str, canonical: str) -> None:
 
 
 @pytest.mark.parametrize("ref", [PROJECT_ATTEMPT, TEST_ATTEMPT, AttemptRef(job=PROJECT_JOB, attempt=120)], ids=str)
-def test_parse_attempt_folder_reads_the_attempt_of_attempt_folder(ref: AttemptRef) -> None:
-    assert LAYOUT.parse_attempt_folder(LAYOUT.attempt_folder(ref)) == ref.attempt
+def test_attempts_in_reads_the_attempt_of_an_attempt_folder(ref: AttemptRef) -> None:
+    assert LAYOUT.attempts_in([LAYOUT.attempt_folder(ref)]) == [ref.attempt]
 
 
 @pytest.mark.parametrize(
@@ -307,5 +307,10 @@ def test_parse_attempt_folder_reads_the_attempt_of_attempt_folder(ref: AttemptRe
         pytest.param("", id="attempts-folder-itself"),
     ],
 )
-def test_parse_attempt_folder_returns_none_for_other_folders(suffix: str) -> None:
-    assert LAYOUT.parse_attempt_folder(LAYOUT.job_staging_folder(PROJECT_JOB) + suffix) is None
+def test_attempts_in_skips_other_folders(suffix: str) -> None:
+    assert LAYOUT.attempts_in([LAYOUT.job_staging_folder(PROJECT_JOB) + suffix]) == []
+
+
+def test_attempts_in_lists_numerically_highest_first() -> None:
+    folders = [LAYOUT.attempt_folder(AttemptRef(job=PROJECT_JOB, attempt=n)) for n in (2, 10, 1)]
+    assert LAYOUT.attempts_in(folders) == [10, 2, 1]

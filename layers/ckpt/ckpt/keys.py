@@ -105,10 +105,10 @@ class Layout:
             job = JobRef(job_id=int(match["job_id"]), project_id=int(match["project_id"]))
         return AttemptRef(job=job, attempt=int(match["attempt"]))
 
-    def parse_attempt_folder(self, folder: str) -> int | None:
-        """The attempt number of a folder listed under ``job_staging_folder``, or None if it is not one."""
-        match = re.fullmatch(rf".*/attempts/({_ID})/", folder)
-        return int(match[1]) if match else None
+    def attempts_in(self, folders: list[str]) -> list[int]:
+        """The attempt numbers among folders listed under ``job_staging_folder``, highest first."""
+        numbers = (re.fullmatch(rf".*/attempts/({_ID})/", folder) for folder in folders)
+        return sorted((int(match[1]) for match in numbers if match), reverse=True)
 
     # --- canonical -----------------------------------------------------------------------------------
 

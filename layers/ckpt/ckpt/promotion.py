@@ -130,8 +130,7 @@ class Promoter:
     def newest_attempt(self, job: JobRef) -> int:
         """The highest attempt of ``job`` whose manifest is in staging."""
         folders = self.storage.list_folders(self.layout.job_staging_folder(job))
-        attempts = sorted((n for f in folders if (n := self.layout.parse_attempt_folder(f)) is not None), reverse=True)
-        for attempt in attempts:
+        for attempt in self.layout.attempts_in(folders):
             if self.storage.exists(self.layout.manifest_key(AttemptRef(job=job, attempt=attempt))):
                 return attempt
         raise Rejected(f"{job} has no staged manifest under {self.layout.job_staging_folder(job)}")

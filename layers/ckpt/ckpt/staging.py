@@ -1,27 +1,24 @@
-"""The trainer side of the contract, in its simplest form: put checkpoints in an attempt's staging
-folder, each with its SHA-256 for the store to verify, then write the manifest last.
-
-Single-request uploads only; the trainer-side integration (multipart, progress, retries, Ultralytics and
-PyTorch hooks, ``ckpt stage``) builds on this.
+"""The trainer side of the contract: put an attempt's checkpoints in its staging folder, then write the
+manifest last (its creation is the completion event), and choose the attempt number of a new run.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ckpt.keys import AttemptRef, CheckpointName, Layout
+from ckpt.keys import AttemptRef, CheckpointName, JobRef, Layout
 from ckpt.manifest import CheckpointEntry, Checkpoints, Manifest, Metric, Status
+from ckpt.storage import S3Storage, translated_errors
+from ckpt.upload import Uploaded, Uploader, UploadPolicy
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A checkpoint file to stage: its bytes (or path) and the epoch it holds, if known."""
+    """A checkpoint file to stage (a path, or bytes) and the epoch it holds, if known."""
 
     content: bytes | Path
     epoch: int | None = None
@@ -33,16 +30,12 @@ class Checkpoint:
 def build_manifest(
     ref: AttemptRef,
     status: Status,
-    files: Mapping[CheckpointName, Checkpoint],
+    entries: Mapping[CheckpointName, CheckpointEntry],
     *,
     metric: Metric | None = None,
     error: str | None = None,
     finished_at: datetime | None = None,
 ) -> Manifest:
-    entries = {}
-    for name, checkpoint in files.items():
-        data = checkpoint.read()
-        entries[name] = CheckpointEntry(epoch=checkpoint.epoch, size=len(data), sha256=hashlib.sha256(data).hexdigest())
     return Manifest(
         schema_version=1,
         project_id=ref.job.project_id,
@@ -51,7 +44,7 @@ def build_manifest(
         status=status,
         finished_at=finished_at or datetime.now(UTC),
         metric=metric,
-        checkpoints=Checkpoints(**entries),
+        checkpoints=Checkpoints(best=entries.get("best"), last=entries.get("last")),
         error=error,
     )
 
@@ -62,23 +55,34 @@ def stage_attempt(
     ref: AttemptRef,
     status: Status,
     files: Mapping[CheckpointName, Checkpoint],
+    *,
+    policy: UploadPolicy | None = None,
+    already_staged: Mapping[CheckpointName, Uploaded] | None = None,
     **manifest_fields: Any,
 ) -> Manifest:
-    """Upload the files, then the manifest (its creation is the completion event)."""
-    manifest = build_manifest(ref, status, files, **manifest_fields)
+    """Upload the files, then the manifest. ``already_staged`` names files a background backup put there
+    already (same bytes), which are not sent again. Raises ``StorageUnavailable`` if the store keeps failing;
+    the manifest is then not written, so nothing half-staged is ever promoted."""
+    uploader = Uploader(client, layout.bucket, policy)
+    entries: dict[CheckpointName, CheckpointEntry] = {}
     for name, checkpoint in files.items():
-        data = checkpoint.read()
-        client.put_object(
-            Bucket=layout.bucket,
-            Key=layout.staged_key(ref, name),
-            Body=data,
-            ChecksumAlgorithm="SHA256",
-            ChecksumSHA256=base64.b64encode(hashlib.sha256(data).digest()).decode(),
+        uploaded = (already_staged or {}).get(name) or uploader.upload(
+            checkpoint.content, layout.staged_key(ref, name), label=f"{name}.pt"
         )
-    client.put_object(
-        Bucket=layout.bucket,
-        Key=layout.manifest_key(ref),
-        Body=manifest.to_json(),
-        ContentType="application/json",
-    )
+        entries[name] = CheckpointEntry(epoch=checkpoint.epoch, size=uploaded.size, sha256=uploaded.sha256)
+    manifest = build_manifest(ref, status, entries, **manifest_fields)
+    key = layout.manifest_key(ref)
+    with translated_errors(key):
+        client.put_object(Bucket=layout.bucket, Key=key, Body=manifest.to_json(), ContentType="application/json")
     return manifest
+
+
+def next_attempt(client: Any, layout: Layout, job: JobRef) -> int:
+    """One more than the highest attempt already staged for the job (1 for a new job).
+
+    Called when a run starts, so every restart or resume of a job stages into a folder of its own and a
+    later attempt supersedes an earlier one. Two runs of one job started at the same moment would pick the
+    same number: give ``attempt`` explicitly (or CKPT_ATTEMPT) where a scheduler can.
+    """
+    folders = S3Storage(client, layout.bucket).list_folders(layout.job_staging_folder(job))
+    return max(layout.attempts_in(folders), default=0) + 1

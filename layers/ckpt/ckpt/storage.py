@@ -67,7 +67,7 @@ def make_client(
 
 
 @contextmanager
-def _translated(key: str) -> Iterator[None]:
+def translated_errors(key: str) -> Iterator[None]:
     try:
         yield
     except ClientError as exc:
@@ -113,7 +113,7 @@ class S3Storage:
         )
 
     def head(self, key: str) -> ObjectInfo:
-        with _translated(key):
+        with translated_errors(key):
             response = self._s3.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
         return ObjectInfo(
             key=key,
@@ -125,7 +125,7 @@ class S3Storage:
 
     def read(self, key: str, max_bytes: int) -> tuple[bytes, str]:
         """The object's first ``max_bytes + 1`` bytes (enough to tell it is too large) and its ETag."""
-        with _translated(key):
+        with translated_errors(key):
             try:
                 response = self._s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=0-{max_bytes}")
             except ClientError as exc:
@@ -139,7 +139,7 @@ class S3Storage:
         """SHA-256 and length of exactly the version ``etag``, read in fixed-size chunks."""
         digest = hashlib.sha256()
         length = 0
-        with _translated(key):
+        with translated_errors(key):
             response = self._s3.get_object(Bucket=self.bucket, Key=key, IfMatch=etag)
             for chunk in response["Body"].iter_chunks(HASH_CHUNK_BYTES):
                 digest.update(chunk)
@@ -149,7 +149,7 @@ class S3Storage:
     def copy(self, source_key: str, source_etag: str, dest_key: str, metadata: Mapping[str, str]) -> ObjectInfo:
         """Server-side copy of exactly the version ``source_etag`` (CopyObject, or multipart
         UploadPartCopy above the threshold), then the destination as the store now reports it."""
-        with _translated(source_key):
+        with translated_errors(source_key):
             self._s3.copy(
                 CopySource={"Bucket": self.bucket, "Key": source_key},
                 Bucket=self.bucket,
@@ -166,7 +166,7 @@ class S3Storage:
     def list_folders(self, prefix: str) -> list[str]:
         """The immediate sub-folders of ``prefix`` (each ending in '/')."""
         folders: list[str] = []
-        with _translated(prefix):
+        with translated_errors(prefix):
             paginator = self._s3.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
                 folders.extend(item["Prefix"] for item in page.get("CommonPrefixes", []))
