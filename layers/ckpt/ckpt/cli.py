@@ -1,9 +1,12 @@
-"""``ckpt``: the command-line tool for operators (and, later, trainers).
+"""``ckpt``: the command-line tool for trainers and operators.
 
     ckpt db upgrade                      create or upgrade the service's own tables
     ckpt db current                      show the schema revision
     ckpt reprocess --job-id 42 [--project-id 7] [--attempt 2] [--dry-run]
     ckpt history [--job-id 42]           recorded outcomes, newest first
+    ckpt stage --job-id 42 [--project-id 7] --weights-dir runs/job_42/weights --status interrupted
+               [--best-epoch 18] [--last-epoch 20] [--attempt 2]
+    ckpt fetch --job-id 42 [--project-id 7] [--which last|best] [-o runs/job_42/weights/]
 
 Settings come from the environment (see README: CHECKPOINT_BUCKET, DATABASE_URL, …); ``--database-url``
 overrides DATABASE_URL.
@@ -18,15 +21,21 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from ckpt.config import Settings
 from ckpt.db import migrate
 from ckpt.db.store import PromotionStore
 from ckpt.errors import ConfigurationError, Rejected, TransientError
-from ckpt.keys import JobRef
+from ckpt.fetch import fetch_checkpoint
+from ckpt.keys import AttemptRef, JobRef
+from ckpt.manifest import Metric
 from ckpt.outcome import Status
-from ckpt.service import build_promoter, engine_from_settings
+from ckpt.service import build_promoter, engine_from_settings, s3_client
+from ckpt.staging import next_attempt
+from ckpt.training import stage_weights
+from ckpt.upload import UploadPolicy
 
 
 def _read_secret(arn: str) -> str:
@@ -54,6 +63,25 @@ def _parser() -> argparse.ArgumentParser:
     history = commands.add_parser("history", help="recorded promotion outcomes, newest first")
     history.add_argument("--job-id", type=int, default=None)
     history.add_argument("--limit", type=int, default=20)
+
+    stage = commands.add_parser("stage", help="stage a run's best.pt/last.pt and write its manifest")
+    stage.add_argument("--project-id", type=int, default=None, help="omit for test jobs")
+    stage.add_argument("--job-id", type=int, required=True)
+    stage.add_argument("--weights-dir", type=Path, required=True, help="the folder holding best.pt / last.pt")
+    stage.add_argument("--status", choices=["completed", "interrupted", "failed"], required=True)
+    stage.add_argument("--attempt", type=int, default=None, help="default: CKPT_ATTEMPT, else the next attempt")
+    stage.add_argument("--best-epoch", type=int, default=None, help="default: the database's best epoch")
+    stage.add_argument("--last-epoch", type=int, default=None, help="default: the database's highest epoch")
+    stage.add_argument("--metric-name", default=None)
+    stage.add_argument("--metric-mode", choices=["max", "min"], default="max")
+    stage.add_argument("--error", default=None, help="what went wrong, for a failed run")
+    stage.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+
+    fetch = commands.add_parser("fetch", help="download a job's promoted checkpoint, verified")
+    fetch.add_argument("--project-id", type=int, default=None, help="omit for test jobs")
+    fetch.add_argument("--job-id", type=int, required=True)
+    fetch.add_argument("--which", choices=["last", "best"], default="last")
+    fetch.add_argument("-o", "--output", type=Path, default=Path("."), help="a file, or a folder (default: .)")
     return parser
 
 
@@ -65,12 +93,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = replace(settings, database_url=args.database_url)
     try:
         return _run(args, settings)
-    except (ConfigurationError, Rejected, TransientError) as exc:
+    except (ConfigurationError, Rejected, TransientError, OSError) as exc:
         print(f"ckpt: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigurationError) else 1
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "stage":
+        return _stage(args, settings)
+    if args.command == "fetch":
+        job = JobRef(job_id=args.job_id, project_id=args.project_id)
+        fetched = fetch_checkpoint(s3_client(settings, _read_secret), settings.layout(), job, args.which, args.output)
+        print(f"{fetched.uri} -> {fetched.path} ({fetched.size} bytes, sha256 {fetched.sha256}, verified)")
+        return 0
     engine = engine_from_settings(settings, _read_secret)
     if args.command == "db":
         if args.db_command == "upgrade":
@@ -87,6 +122,30 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     outcome = promoter.reprocess(job, args.attempt, dry_run=args.dry_run)
     print(json.dumps(outcome.log_fields(), indent=2, default=_json_default))
     return 0 if outcome.status in (Status.PROMOTED, Status.PLANNED, Status.DUPLICATE) else 1
+
+
+def _stage(args: argparse.Namespace, settings: Settings) -> int:
+    client = s3_client(settings, _read_secret)
+    layout = settings.layout()
+    job = JobRef(job_id=args.job_id, project_id=args.project_id)
+    attempt = args.attempt or int(os.environ.get("CKPT_ATTEMPT") or 0) or next_attempt(client, layout, job)
+    ref = AttemptRef(job=job, attempt=attempt)
+    if not args.weights_dir.is_dir():
+        raise ConfigurationError(f"--weights-dir {args.weights_dir} is not a folder")
+    manifest = stage_weights(
+        client,
+        layout,
+        ref,
+        args.weights_dir,
+        args.status,
+        {"best": args.best_epoch, "last": args.last_epoch},
+        policy=UploadPolicy(progress=args.progress),
+        metric=Metric(name=args.metric_name, mode=args.metric_mode) if args.metric_name else None,
+        error=args.error,
+    )
+    staged = ", ".join(manifest.checkpoints.present()) or "no checkpoints"
+    print(f"staged {staged} and {layout.manifest_key(ref)}")
+    return 0
 
 
 def _json_default(value: Any) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -83,8 +83,16 @@ def translated_errors(key: str) -> Iterator[None]:
         raise StorageUnavailable(f"{type(exc).__name__} on {key}: {exc}") from exc
 
 
-def _sha256_hex(checksum: str | None, checksum_type: str | None) -> str | None:
-    if not checksum or checksum_type == "COMPOSITE" or "-" in checksum:
+def _sha256_hex(response: Mapping[str, Any]) -> str | None:
+    """The whole object's SHA-256 from a HEAD response, or None when the store has none to offer.
+
+    A multipart object's checksum is a checksum of its parts' checksums. S3 marks it (ChecksumType
+    COMPOSITE, a '-N' suffix) but not every S3-compatible store does, so a multipart ETag ('…-N') rules the
+    store's checksum out too, and the bytes are hashed instead."""
+    checksum = response.get("ChecksumSHA256")
+    if not checksum or response.get("ChecksumType") == "COMPOSITE" or "-" in checksum:
+        return None
+    if "-" in response.get("ETag", ""):
         return None
     try:
         return base64.b64decode(checksum, validate=True).hex()
@@ -119,7 +127,7 @@ class S3Storage:
             key=key,
             size=int(response["ContentLength"]),
             etag=response["ETag"],
-            sha256=_sha256_hex(response.get("ChecksumSHA256"), response.get("ChecksumType")),
+            sha256=_sha256_hex(response),
             metadata=response.get("Metadata", {}),
         )
 
@@ -135,8 +143,9 @@ class S3Storage:
                 response = self._s3.get_object(Bucket=self.bucket, Key=key)
             return response["Body"].read(), response["ETag"]
 
-    def stream_sha256(self, key: str, etag: str) -> tuple[str, int]:
-        """SHA-256 and length of exactly the version ``etag``, read in fixed-size chunks."""
+    def stream_sha256(self, key: str, etag: str, sink: Callable[[bytes], object] | None = None) -> tuple[str, int]:
+        """SHA-256 and length of exactly the version ``etag``, read in fixed-size chunks (each also handed
+        to ``sink``, when given: a download hashes in the pass that writes it)."""
         digest = hashlib.sha256()
         length = 0
         with translated_errors(key):
@@ -144,6 +153,8 @@ class S3Storage:
             for chunk in response["Body"].iter_chunks(HASH_CHUNK_BYTES):
                 digest.update(chunk)
                 length += len(chunk)
+                if sink is not None:
+                    sink(chunk)
         return digest.hexdigest(), length
 
     def copy(self, source_key: str, source_etag: str, dest_key: str, metadata: Mapping[str, str]) -> ObjectInfo:

@@ -65,12 +65,13 @@ class Uploader:
             self._s3.put_object(
                 Bucket=self.bucket,
                 Key=key,
-                Body=_CountingReader(data, advance),
+                Body=data,
                 ContentLength=size,
                 ChecksumAlgorithm="SHA256",
                 ChecksumSHA256=_b64(digest.digest()),
                 Metadata={"sha256": digest.hexdigest()},
             )
+        advance(size)  # one request: the bar moves when the store has confirmed it
         return Uploaded(key=key, size=size, sha256=digest.hexdigest(), parts=0)
 
     def _multipart(self, f: IO[bytes], key: str, size: int, advance: Callable[[int], None]) -> Uploaded:
@@ -121,26 +122,6 @@ class Uploader:
             )
         advance(len(chunk))
         return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
-
-
-class _CountingReader(io.BytesIO):
-    """Bytes that move the progress bar as botocore reads them (and rewind it when a retry seeks back)."""
-
-    def __init__(self, data: bytes, advance: Callable[[int], None]) -> None:
-        super().__init__(data)
-        self._advance = advance
-
-    def read(self, size: int | None = -1) -> bytes:
-        chunk = super().read(size)
-        self._advance(len(chunk))
-        return chunk
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        before = self.tell()
-        after = super().seek(offset, whence)
-        if after < before:
-            self._advance(after - before)
-        return after
 
 
 @contextmanager

@@ -1,0 +1,1 @@
+"""Hooks into training frameworks (each imports its framework lazily; none is a dependency of ckpt)."""

@@ -1,0 +1,96 @@
+"""Trainer uploads against moto's S3: what is sent, what is stored, what happens on failure."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from ckpt.errors import StorageUnavailable
+from ckpt.storage import MiB, make_client
+from ckpt.upload import Uploader, UploadPolicy
+from tests.support import BUCKET
+
+SMALL_PARTS = UploadPolicy(multipart_threshold=5 * MiB, part_size=5 * MiB, concurrency=2)
+
+
+def _sent_checksums(s3) -> list[tuple[str, str | None]]:
+    """(operation, x-amz-checksum-sha256) of every request the client sends."""
+    sent: list[tuple[str, str | None]] = []
+
+    def capture(request, event_name, **_):
+        checksum = request.headers.get("x-amz-checksum-sha256")
+        sent.append((event_name.rsplit(".", 1)[-1], checksum.decode() if isinstance(checksum, bytes) else checksum))
+
+    s3.meta.events.register("before-send.s3.*", capture)
+    return sent
+
+
+def test_a_small_file_is_one_put_carrying_its_sha256_for_the_store_to_verify(s3, tmp_path: Path):
+    data = os.urandom(300_000)
+    path = tmp_path / "best.pt"
+    path.write_bytes(data)
+    sent = _sent_checksums(s3)
+
+    uploaded = Uploader(s3, BUCKET).upload(path, "staging/x/best.pt")
+
+    digest = hashlib.sha256(data)
+    assert (uploaded.sha256, uploaded.size, uploaded.parts) == (digest.hexdigest(), len(data), 0)
+    assert sent == [("PutObject", base64.b64encode(digest.digest()).decode())]
+    stored = s3.head_object(Bucket=BUCKET, Key="staging/x/best.pt", ChecksumMode="ENABLED")
+    assert stored["ChecksumSHA256"] == base64.b64encode(digest.digest()).decode()
+
+
+def test_a_large_file_goes_up_in_parts_each_with_its_own_sha256(s3, tmp_path: Path):
+    data = os.urandom(12 * MiB)
+    path = tmp_path / "last.pt"
+    path.write_bytes(data)
+    sent = _sent_checksums(s3)
+
+    uploaded = Uploader(s3, BUCKET, SMALL_PARTS).upload(path, "staging/x/last.pt")
+
+    assert (uploaded.parts, uploaded.sha256) == (3, hashlib.sha256(data).hexdigest())
+    parts = [(data[i : i + 5 * MiB]) for i in range(0, len(data), 5 * MiB)]
+    part_checksums = sorted(checksum for op, checksum in sent if op == "UploadPart")
+    assert part_checksums == sorted(base64.b64encode(hashlib.sha256(p).digest()).decode() for p in parts)
+    assert s3.get_object(Bucket=BUCKET, Key="staging/x/last.pt")["Body"].read() == data
+
+
+def test_a_failed_multipart_upload_is_aborted_and_reported(s3, monkeypatch):
+    real_upload_part = s3.upload_part
+    calls = {"n": 0}
+
+    def failing_second_part(**kwargs):
+        calls["n"] += 1
+        if kwargs["PartNumber"] == 2:
+            from botocore.exceptions import EndpointConnectionError
+
+            raise EndpointConnectionError(endpoint_url="http://store")
+        return real_upload_part(**kwargs)
+
+    monkeypatch.setattr(s3, "upload_part", failing_second_part)
+
+    with pytest.raises(StorageUnavailable):
+        Uploader(s3, BUCKET, SMALL_PARTS).upload(os.urandom(12 * MiB), "staging/x/last.pt")
+
+    assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="staging/x/")
+
+
+def test_an_unreachable_store_fails_after_bounded_retries(aws_credentials):
+    client = make_client("http://127.0.0.1:1", region="us-east-1", max_attempts=2)
+    with pytest.raises(StorageUnavailable):
+        Uploader(client, BUCKET).upload(b"weights", "staging/x/best.pt")
+
+
+def test_the_progress_bar_stays_quiet_off_a_terminal(s3, capsys):
+    Uploader(s3, BUCKET).upload(os.urandom(1000), "k")
+    assert capsys.readouterr().err == ""
+
+
+def test_the_progress_bar_counts_every_byte_once_when_shown(s3, capsys):
+    Uploader(s3, BUCKET, UploadPolicy(progress=True)).upload(os.urandom(4096), "k", label="best.pt")
+    assert "best.pt: 100%" in capsys.readouterr().err
