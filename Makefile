@@ -48,7 +48,7 @@ build: install validate
 	$(BIN)/sam build
 
 bench: install
-	@echo "make bench: not yet (the benchmark issue adds promotion throughput and hashing figures)"
+	PYTHONPATH=functions $(BIN)/python -m tests.e2e.bench_staging
 
 # Start the local PostgreSQL if it is not accepting connections (CI and fresh machines).
 postgres:

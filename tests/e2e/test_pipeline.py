@@ -5,38 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote_plus
-
-import pytest
 
 from ckpt.db import migrate
 from ckpt.db.engine import make_engine
 from ckpt.db.schema import platform_metadata
 from ckpt.keys import Layout
 from tests.e2e import demo
-from tests.e2e.local_stack import Pipeline, moto_server
+from tests.e2e.local_stack import Pipeline
 from tests.support import Trainer, add_epochs, attempt, paths, records
-
-
-@pytest.fixture
-def clean_environment() -> Iterator[None]:
-    """The pipeline sets the function's environment the way Lambda would; put the test process's back."""
-    saved = dict(os.environ)
-    from promote_checkpoints import handler
-
-    handler._promoter = None
-    yield
-    handler._promoter = None
-    os.environ.clear()
-    os.environ.update(saved)
-
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
 
 
 def test_the_demo_passes_on_sqlite_and_postgresql(database_url, clean_environment):
@@ -116,3 +94,30 @@ def test_large_checkpoints_are_promoted_with_a_multipart_copy(endpoint, tmp_path
     assert copied["ContentLength"] == len(big)
     assert paths(engine, 42) == {1: "r2://multipart/checkpoints/projects/7/jobs/42/last.pt"}
     engine.dispose()
+
+
+def test_a_store_that_fails_twice_then_recovers_still_gets_everything_staged(endpoint, tmp_path, clean_environment):
+    from ckpt.config import Settings
+    from ckpt.storage import make_client
+    from ckpt.training import TrainingRun
+    from tests.e2e.local_stack import FlakyProxy
+
+    Pipeline(endpoint, "flaky-store").create()
+    (tmp_path / "best.pt").write_bytes(b"best weights")
+    (tmp_path / "last.pt").write_bytes(b"last weights")
+
+    with FlakyProxy(endpoint, failures=2) as proxy:
+        client = make_client(proxy.endpoint, "us-east-1")
+        with TrainingRun(
+            job_id=42, project_id=7, weights_dir=tmp_path, settings=Settings(bucket="flaky-store"), client=client
+        ) as run:
+            run.report(1, 0.5)
+
+    assert proxy.failed == 2
+    assert run.result is not None and run.result.ok
+    listing = Pipeline(endpoint, "flaky-store").s3.list_objects_v2(Bucket="flaky-store", Prefix="staging/")
+    assert sorted(obj["Key"].rsplit("/", 1)[1] for obj in listing["Contents"]) == [
+        "best.pt",
+        "last.pt",
+        "manifest.json",
+    ]
