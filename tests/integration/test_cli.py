@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ckpt.cli import main
-from tests.support import add_epochs, attempt, paths
+from tests.support import add_epochs, attempt, paths, weights
 
 
 @pytest.fixture
@@ -58,3 +58,63 @@ def test_a_rejected_reprocess_exits_non_zero(cli_env, trainer, capsys):
 
     assert main(["reprocess", "--project-id", "7", "--job-id", "42", "--dry-run"]) == 1
     assert json.loads(capsys.readouterr().out)["outcome"] == "rejected"
+
+
+def test_stage_uploads_a_finished_runs_weights_then_its_manifest(cli_env, s3, tmp_path, capsys):
+    (tmp_path / "best.pt").write_bytes(b"best")
+    (tmp_path / "last.pt").write_bytes(b"last")
+
+    where = ["--project-id", "7", "--job-id", "42", "--weights-dir", str(tmp_path)]
+    code = main(
+        [
+            "stage",
+            *where,
+            "--status",
+            "interrupted",
+            "--best-epoch",
+            "18",
+            "--last-epoch",
+            "20",
+            "--metric-name",
+            "mAP50-95",
+        ]
+    )
+
+    assert code == 0
+    assert "staging/projects/7/jobs/42/attempts/1/manifest.json" in capsys.readouterr().out
+    key = "staging/projects/7/jobs/42/attempts/1/manifest.json"
+    manifest = json.loads(s3.get_object(Bucket="vision-platform-prod", Key=key)["Body"].read())
+    assert (manifest["status"], manifest["checkpoints"]["best"]["epoch"], manifest["metric"]["name"]) == (
+        "interrupted",
+        18,
+        "mAP50-95",
+    )
+    assert (
+        main(["stage", "--job-id", "42", "--project-id", "7", "--weights-dir", str(tmp_path), "--status", "completed"])
+        == 0
+    )
+    assert "attempts/2/manifest.json" in capsys.readouterr().out  # the next run is the next attempt
+
+
+def test_stage_exits_non_zero_when_the_store_stays_down(cli_env, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("AWS_S3_ENDPOINT_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    (tmp_path / "last.pt").write_bytes(b"last")
+
+    code = main(["stage", "--job-id", "42", "--weights-dir", str(tmp_path), "--status", "failed", "--attempt", "1"])
+
+    assert code == 1
+    assert "ckpt:" in capsys.readouterr().err
+
+
+def test_fetch_downloads_the_promoted_last_checkpoint(cli_env, engine, trainer, tmp_path, capsys):
+    add_epochs(engine, 42, {18: 0.5, 20: 0.4})
+    trainer.finish(attempt(1))
+    assert main(["reprocess", "--project-id", "7", "--job-id", "42"]) == 0
+    capsys.readouterr()
+
+    assert main(["fetch", "--project-id", "7", "--job-id", "42", "-o", str(tmp_path)]) == 0
+
+    assert (tmp_path / "last.pt").read_bytes() == weights("last-1")
+    assert "verified" in capsys.readouterr().out
+    assert main(["fetch", "--project-id", "7", "--job-id", "43", "-o", str(tmp_path)]) == 1

@@ -156,3 +156,18 @@ def test_fetch_downloads_the_promoted_checkpoint_verified(engine, promoter, trai
     with pytest.raises(Rejected, match="does not match"):
         fetch_checkpoint(s3, layout, JobRef(job_id=42, project_id=7), "last", tmp_path / "again.pt")
     assert not (tmp_path / "again.pt").exists()
+
+
+def test_re_staging_the_same_attempt_is_safe_and_the_newer_staging_wins(engine, promoter, s3, layout, tmp_path):
+    from tests.support import add_epochs, canonical_bytes
+
+    add_epochs(engine, 42, {1: 0.5, 2: 0.6})
+    outcomes = []
+    for label in ("first", "second"):
+        (tmp_path / "best.pt").write_bytes(weights(label))
+        with run_for(s3, tmp_path, attempt=1) as run:
+            run.report(2, 0.6)
+        outcomes.append(promoter.promote_key(BUCKET, layout.manifest_key(attempt(1)), trigger="test").status)
+
+    assert outcomes == ["promoted", "promoted"]
+    assert canonical_bytes(s3, layout, JobRef(job_id=42, project_id=7), "best") == weights("second")

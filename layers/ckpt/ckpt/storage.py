@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,7 +52,10 @@ def make_client(
     config = Config(
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
-        retries={"mode": "standard", "max_attempts": max_attempts},
+        # AWS_MAX_ATTEMPTS, the standard variable, wins over the default when set
+        retries={"mode": "standard"}
+        if "AWS_MAX_ATTEMPTS" in os.environ
+        else {"mode": "standard", "max_attempts": max_attempts},
         connect_timeout=10,
         read_timeout=60,
     )
