@@ -61,13 +61,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
-@pytest.fixture
-def pg_engine(pg_url: str) -> Iterator[Engine]:
-    """For the tests of PostgreSQL-only behaviour: a reset database on the real server."""
-    engine = make_engine(pg_url, lock_timeout_seconds=5)
+def _fresh_engine(url: str) -> Iterator[Engine]:
+    engine = make_engine(url, lock_timeout_seconds=5)
     _reset(engine)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def pg_engine(pg_url: str) -> Iterator[Engine]:
+    """For the tests of PostgreSQL-only behaviour: a reset database on the real server."""
+    yield from _fresh_engine(pg_url)
 
 
 def _reset(engine: Engine) -> None:
@@ -81,10 +85,8 @@ def _reset(engine: Engine) -> None:
 
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url, lock_timeout_seconds=5)
-    _reset(engine)
-    yield engine
-    engine.dispose()
+    """A reset database, on SQLite and on PostgreSQL."""
+    yield from _fresh_engine(database_url)
 
 
 @pytest.fixture
