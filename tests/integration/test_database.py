@@ -113,3 +113,10 @@ def test_missing_tables_are_named(database_url):
     _drop_everything(engine)
     assert PromotionStore(engine).missing_tables() == ["ckpt_job_state", "ckpt_promotions", "validation_results"]
     engine.dispose()
+
+
+def test_values_the_database_refuses_are_permanent_not_retried(pg_engine):
+    from ckpt.errors import Rejected
+
+    with pytest.raises(Rejected, match="out of range"), PromotionStore(pg_engine).job(JOB) as tx:
+        tx.set_checkpoint_paths({2**31: "r2://b/k"})

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event
+from sqlalchemy.exc import OperationalError
 
-from ckpt.errors import ObjectChanged, StorageUnavailable
+from ckpt.errors import DatabaseUnavailable, ObjectChanged, StorageUnavailable
 from ckpt.outcome import Status
 from ckpt.promotion import Promoter
 from ckpt.staging import Checkpoint
@@ -229,11 +230,11 @@ def test_a_failure_at_commit_leaves_the_database_as_it_was_and_a_retry_converges
     trainer.finish(attempt(1))
 
     def fail_commit(connection: Any) -> None:
-        raise RuntimeError("injected: connection lost at commit")
+        raise OperationalError("COMMIT", {}, ConnectionError("injected: connection lost at commit"))
 
     event.listen(engine, "commit", fail_commit)
     try:
-        with pytest.raises(Exception, match="injected"):
+        with pytest.raises(DatabaseUnavailable, match="injected"):  # transient: the message is redelivered
             promote(promoter)
     finally:
         event.remove(engine, "commit", fail_commit)

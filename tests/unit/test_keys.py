@@ -136,8 +136,8 @@ def test_custom_layout_treats_the_default_staging_prefix_as_outside() -> None:
         TEST_ATTEMPT,
         AttemptRef(job=JobRef(job_id=1, project_id=1), attempt=1),
         AttemptRef(job=JobRef(job_id=10, project_id=100), attempt=20),
-        AttemptRef(job=JobRef(job_id=123456789012, project_id=987654321), attempt=99),
-        AttemptRef(job=JobRef(job_id=900000000000000001), attempt=12),
+        AttemptRef(job=JobRef(job_id=2147483647, project_id=987654321), attempt=99),
+        AttemptRef(job=JobRef(job_id=900000001), attempt=2147483647),
     ],
     ids=str,
 )
@@ -314,3 +314,32 @@ def test_attempts_in_skips_other_folders(suffix: str) -> None:
 def test_attempts_in_lists_numerically_highest_first() -> None:
     folders = [LAYOUT.attempt_folder(AttemptRef(job=PROJECT_JOB, attempt=n)) for n in (2, 10, 1)]
     assert LAYOUT.attempts_in(folders) == [10, 2, 1]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "staging/projects/7/jobs/2147483648/attempts/1/manifest.json",
+        "staging/projects/2147483648/jobs/42/attempts/1/manifest.json",
+        "staging/projects/7/jobs/42/attempts/2147483648/manifest.json",
+        "staging/test-jobs/job_99999999999/attempts/1/manifest.json",
+    ],
+)
+def test_ids_beyond_the_platforms_integer_columns_are_not_manifest_keys(key: str) -> None:
+    with pytest.raises(NotAManifest):
+        LAYOUT.parse_manifest_key(key)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: JobRef(job_id=0),
+        lambda: JobRef(job_id=2**31),
+        lambda: JobRef(job_id=42, project_id=-1),
+        lambda: AttemptRef(job=JobRef(job_id=42), attempt=0),
+        lambda: JobRef(job_id=True),
+    ],
+)
+def test_refs_refuse_ids_outside_the_contract(make) -> None:
+    with pytest.raises(ValueError, match="must be an integer from 1 to 2147483647"):
+        make()

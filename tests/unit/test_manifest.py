@@ -308,3 +308,27 @@ def test_check_matches_key_message_shows_both_sets_of_ids() -> None:
     message = str(caught.value)
     assert "job_id=42" in message
     assert "job_id=43" in message
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"job_id": 2**31}, "job_id"),
+        ({"attempt": 2**31}, "attempt"),
+        ({"project_id": 2**31}, "project_id"),
+    ],
+)
+def test_ids_beyond_the_platforms_integer_columns_are_rejected(change: dict[str, int], field: str) -> None:
+    document = example() | change
+    with pytest.raises(ManifestError, match=field):
+        parse_manifest(json.dumps(document).encode())
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"[" * 30_000 + b"]" * 30_000, b'{"schema_version": 1, "x": ' + b"9" * 5000 + b"}"],
+    ids=["deep-nesting", "huge-integer"],
+)
+def test_json_that_crashes_the_parser_is_a_manifest_error(raw: bytes) -> None:
+    with pytest.raises(ManifestError):
+        parse_manifest(raw)

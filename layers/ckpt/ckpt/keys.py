@@ -14,7 +14,19 @@ CHECKPOINT_NAMES: tuple[CheckpointName, ...] = ("best", "last")
 MANIFEST_FILE = "manifest.json"
 
 # Plain decimal, no sign, no leading zero: "7" is an id, "07", "+7" and "0" are not.
-_ID = r"[1-9][0-9]{0,17}"
+_ID = r"[1-9][0-9]{0,9}"
+# Ids, attempts and epochs land in the platform's 32-bit integer columns; larger ones are refused up front
+# rather than failing inside the promotion's transaction.
+MAX_ID = 2**31 - 1
+
+
+def check_id(name: str, value: int | None, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if type(value) is not int or not 0 < value <= MAX_ID:
+        raise ValueError(f"{name} must be an integer from 1 to {MAX_ID}, got {value!r}")
+
+
 _STAGED_FOLDER = re.compile(
     rf"^(?:projects/(?P<project_id>{_ID})/jobs/(?P<job_id>{_ID})"
     rf"|test-jobs/job_(?P<test_job_id>{_ID}))"
@@ -28,6 +40,10 @@ class JobRef:
 
     job_id: int
     project_id: int | None = None
+
+    def __post_init__(self) -> None:
+        check_id("job_id", self.job_id)
+        check_id("project_id", self.project_id, optional=True)
 
     def folder(self) -> str:
         if self.project_id is None:
@@ -44,6 +60,9 @@ class AttemptRef:
 
     job: JobRef
     attempt: int
+
+    def __post_init__(self) -> None:
+        check_id("attempt", self.attempt)
 
 
 @dataclass(frozen=True)
@@ -99,11 +118,14 @@ class Layout:
                 f"/attempts/{{attempt}}/{MANIFEST_FILE} or {self.staging_prefix}test-jobs/job_{{job_id}}"
                 f"/attempts/{{attempt}}/{MANIFEST_FILE} with positive decimal ids"
             )
-        if match["test_job_id"] is not None:
-            job = JobRef(job_id=int(match["test_job_id"]))
-        else:
-            job = JobRef(job_id=int(match["job_id"]), project_id=int(match["project_id"]))
-        return AttemptRef(job=job, attempt=int(match["attempt"]))
+        try:
+            if match["test_job_id"] is not None:
+                job = JobRef(job_id=int(match["test_job_id"]))
+            else:
+                job = JobRef(job_id=int(match["job_id"]), project_id=int(match["project_id"]))
+            return AttemptRef(job=job, attempt=int(match["attempt"]))
+        except ValueError as exc:
+            raise NotAManifest(f"key {key!r}: {exc}") from None
 
     def attempts_in(self, folders: list[str]) -> list[int]:
         """The attempt numbers among folders listed under ``job_staging_folder``, highest first."""

@@ -13,12 +13,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from ckpt.errors import describe
-from ckpt.keys import CHECKPOINT_NAMES, AttemptRef, CheckpointName, JobRef
+from ckpt.keys import CHECKPOINT_NAMES, MAX_ID, AttemptRef, CheckpointName, JobRef
 
 SCHEMA_VERSION = 1
 MAX_MANIFEST_BYTES = 64 * 1024
 
-PositiveId = Annotated[int, Field(strict=True, gt=0)]
+PositiveId = Annotated[int, Field(strict=True, gt=0, le=MAX_ID)]
+Epoch = Annotated[int, Field(strict=True, ge=0, le=MAX_ID)]
 # The pattern is checked before to_lower applies, so it admits upper case too.
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$", to_lower=True)]
 Status = Literal["completed", "interrupted", "failed"]
@@ -40,7 +41,7 @@ class Metric(_Model):
 
 
 class CheckpointEntry(_Model):
-    epoch: Annotated[int, Field(strict=True, ge=0)] | None = None
+    epoch: Epoch | None = None
     size: Annotated[int, Field(strict=True, ge=0)]
     sha256: Sha256Hex
 
@@ -96,6 +97,10 @@ def parse_manifest(raw: bytes) -> Manifest:
         raise ManifestError(f"manifest is not UTF-8 text: {exc}") from None
     except json.JSONDecodeError as exc:
         raise ManifestError(f"manifest is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ManifestError("manifest nests too deeply to be a manifest") from None
+    except ValueError as exc:  # e.g. an integer literal longer than Python converts
+        raise ManifestError(f"manifest is not usable JSON: {exc}") from None
     if not isinstance(document, dict):
         raise ManifestError(f"manifest must be a JSON object, got {type(document).__name__}")
     version = document.get("schema_version")

@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, inspect, or_, select, text, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from ckpt.db.schema import job_state, promotions, validation_results
-from ckpt.errors import DatabaseUnavailable
+from ckpt.errors import DatabaseUnavailable, Rejected
 from ckpt.keys import JobRef
 from ckpt.outcome import Outcome
 from ckpt.rules import EpochMetric, JobState
@@ -182,5 +182,18 @@ def _translated() -> Iterator[None]:
     try:
         yield
     except SQLAlchemyError as exc:
+        if _refuses_the_data(exc):
+            # The database refuses these values, and will again: retrying cannot help.
+            raise Rejected(f"the database refused the promotion: {getattr(exc, 'orig', exc)}") from exc
         cause = getattr(exc, "orig", None) or exc
         raise DatabaseUnavailable(f"database error: {type(cause).__name__}: {cause}") from exc
+
+
+def _refuses_the_data(exc: SQLAlchemyError) -> bool:
+    """Data exceptions (SQLSTATE class 22) and integrity violations (23): permanent, unlike a lost connection.
+    pg8000 reports them as ProgrammingError carrying the SQLSTATE; other drivers as DataError/IntegrityError."""
+    if isinstance(exc, (DataError, IntegrityError)):
+        return True
+    orig = getattr(exc, "orig", None)
+    fields = orig.args[0] if orig is not None and orig.args and isinstance(orig.args[0], dict) else {}
+    return str(fields.get("C", "")).startswith(("22", "23"))
