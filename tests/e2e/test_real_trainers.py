@@ -135,6 +135,31 @@ def test_a_torch_loop_stopped_by_a_signal_stages_and_exits_as_it_would_have(stac
     )
 
 
+def test_a_program_with_its_own_sigterm_handler_keeps_it(stack: Stack, tmp_path: Path):
+    trainer = "tests.e2e.trainers.torch_loop"
+    options = ["--graceful-sigterm"]
+    baseline, _, _ = run_trainer(
+        trainer,
+        [str(tmp_path / "b"), *options, "--no-staging"],
+        stack.trainer_env,
+        stop_after_epoch=2,
+        send=signal.SIGTERM,
+    )
+
+    status, epochs, output = run_trainer(
+        trainer, [str(tmp_path / "w"), *options], stack.trainer_env, stop_after_epoch=2, send=signal.SIGTERM
+    )
+
+    assert status == baseline == 0, output
+    assert "stopping: SIGTERM" in output  # the program's handler ran, not ours
+    manifest = stack.manifest()
+    assert (manifest.status, manifest.error, manifest.checkpoints.last.epoch) == (
+        "interrupted",
+        "SIGTERM",
+        epochs[-1][0],
+    )
+
+
 def test_a_torch_loop_that_raises_stages_as_failed_and_exits_as_it_would_have(stack: Stack, tmp_path: Path):
     trainer = "tests.e2e.trainers.torch_loop"
     baseline, _, _ = run_trainer(trainer, [str(tmp_path / "b"), "--raise-at", "3", "--no-staging"], stack.trainer_env)

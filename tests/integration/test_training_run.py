@@ -171,3 +171,86 @@ def test_re_staging_the_same_attempt_is_safe_and_the_newer_staging_wins(engine, 
 
     assert outcomes == ["promoted", "promoted"]
     assert canonical_bytes(s3, layout, JobRef(job_id=42, project_id=7), "best") == weights("second")
+
+
+def test_a_store_down_when_training_starts_does_not_stop_training(aws_credentials, tmp_path):
+    down = make_client("http://127.0.0.1:1", region="us-east-1", max_attempts=1)
+    run = TrainingRun(job_id=42, project_id=7, weights_dir=tmp_path, settings=SETTINGS, client=down)
+
+    with pytest.raises(ValueError, match="the training's own error"), run:  # no attempt given: listing fails
+        run.report(1, 0.5)
+        raise ValueError("the training's own error")
+
+    assert run.result is not None and not run.result.ok
+    assert "StorageUnavailable" in run.result.error
+
+
+def test_a_store_back_by_the_end_of_training_gets_the_checkpoints(s3, tmp_path, monkeypatch):
+    import ckpt.training
+    from ckpt.errors import StorageUnavailable
+
+    real = ckpt.training.resolve_attempt
+    calls = iter([StorageUnavailable("down at start"), None])
+
+    def flaky(*args, **kwargs):
+        failure = next(calls)
+        if failure:
+            raise failure
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ckpt.training, "resolve_attempt", flaky)
+    with run_for(s3, tmp_path) as run:
+        train(run, tmp_path, [0.1])
+
+    assert run.result.ok and staged(s3) == ["attempts/1/best.pt", "attempts/1/last.pt", "attempts/1/manifest.json"]
+
+
+def test_a_misconfigured_bucket_is_reported_and_the_training_ending_is_kept(s3, tmp_path):
+    run = TrainingRun(
+        job_id=42, project_id=7, weights_dir=tmp_path, settings=Settings(bucket="no-such-bucket"), client=s3, attempt=1
+    )
+
+    with pytest.raises(KeyboardInterrupt), run:
+        train(run, tmp_path, [0.1])
+        raise KeyboardInterrupt
+
+    assert run.result is not None and not run.result.ok
+
+
+def test_epoch_end_holds_ctrl_c_until_the_epoch_and_its_file_are_both_done(s3, tmp_path):
+    import signal
+
+    with pytest.raises(KeyboardInterrupt), run_for(s3, tmp_path) as run:
+        with run.epoch_end(1, 0.5) as is_best:
+            signal.raise_signal(signal.SIGINT)  # Ctrl+C in the middle of saving
+            (tmp_path / "last.pt").write_bytes(weights("epoch-1"))
+            if is_best:
+                (tmp_path / "best.pt").write_bytes(weights("epoch-1"))
+        pytest.fail("the held Ctrl+C was not delivered after the block")
+
+    written = manifest(s3)
+    assert (written.checkpoints.best.epoch, written.checkpoints.last.epoch) == (1, 1)
+    assert written.status == "interrupted"
+
+
+def test_the_logged_stage_command_repeats_everything_the_manifest_needed(aws_credentials, tmp_path, caplog):
+    down = make_client("http://127.0.0.1:1", region="us-east-1", max_attempts=1)
+    run = TrainingRun(
+        job_id=42,
+        project_id=7,
+        weights_dir=tmp_path,
+        settings=SETTINGS,
+        client=down,
+        attempt=2,
+        metric=Metric(name="mAP50-95", mode="max"),
+    )
+    (tmp_path / "last.pt").write_bytes(b"w")
+
+    with caplog.at_level(logging.ERROR), pytest.raises(RuntimeError), run:
+        run.report(4, 0.3)
+        raise RuntimeError("disk full")
+
+    assert (
+        f"ckpt stage --project-id 7 --job-id 42 --attempt 2 --weights-dir {tmp_path} --status failed "
+        "--best-epoch 4 --last-epoch 4 --metric-name mAP50-95 --metric-mode max --error 'RuntimeError: disk full'"
+    ) in caplog.text

@@ -33,7 +33,7 @@ from ckpt.keys import AttemptRef, JobRef
 from ckpt.manifest import Metric
 from ckpt.outcome import Status
 from ckpt.service import build_promoter, engine_from_settings, s3_client
-from ckpt.staging import next_attempt
+from ckpt.staging import resolve_attempt
 from ckpt.training import stage_weights
 from ckpt.upload import UploadPolicy
 
@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = replace(settings, database_url=args.database_url)
     try:
         return _run(args, settings)
-    except (ConfigurationError, Rejected, TransientError, OSError) as exc:
+    except (ConfigurationError, Rejected, TransientError, OSError, ValueError) as exc:
         print(f"ckpt: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigurationError) else 1
 
@@ -128,8 +128,9 @@ def _stage(args: argparse.Namespace, settings: Settings) -> int:
     client = s3_client(settings, _read_secret)
     layout = settings.layout()
     job = JobRef(job_id=args.job_id, project_id=args.project_id)
-    attempt = args.attempt or int(os.environ.get("CKPT_ATTEMPT") or 0) or next_attempt(client, layout, job)
-    ref = AttemptRef(job=job, attempt=attempt)
+    ref = AttemptRef(
+        job=job, attempt=resolve_attempt(client, layout, job, args.attempt, os.environ.get("CKPT_ATTEMPT"))
+    )
     if not args.weights_dir.is_dir():
         raise ConfigurationError(f"--weights-dir {args.weights_dir} is not a folder")
     manifest = stage_weights(

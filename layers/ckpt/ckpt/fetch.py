@@ -37,7 +37,9 @@ def fetch_checkpoint(client: Any, layout: Layout, job: JobRef, name: CheckpointN
     expected = info.metadata.get("sha256") or info.sha256
     if not expected:
         raise Rejected(f"{layout.uri(key)} carries no SHA-256 to verify against; was it promoted by ckpt?")
-    target = dest / f"{name}.pt" if dest.is_dir() else dest
+    # A folder if it is one, or is written as one ("weights/") or has no file suffix ("weights").
+    as_folder = dest.is_dir() or str(dest).endswith(os.sep) or not dest.suffix
+    target = dest / f"{name}.pt" if as_folder else dest
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as tmp:
         try:

@@ -86,3 +86,14 @@ def next_attempt(client: Any, layout: Layout, job: JobRef) -> int:
     """
     folders = S3Storage(client, layout.bucket).list_folders(layout.job_staging_folder(job))
     return max(layout.attempts_in(folders), default=0) + 1
+
+
+def resolve_attempt(client: Any, layout: Layout, job: JobRef, explicit: int | None, from_env: str | None) -> int:
+    """The attempt a new run stages as: ``explicit``, else the CKPT_ATTEMPT value, else ``next_attempt``."""
+    if explicit is not None:
+        return explicit
+    if from_env:
+        if not from_env.strip().isdecimal() or int(from_env) < 1:
+            raise ValueError(f"CKPT_ATTEMPT must be a positive integer, got {from_env!r}")
+        return int(from_env)
+    return next_attempt(client, layout, job)

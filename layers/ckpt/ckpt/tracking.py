@@ -27,6 +27,10 @@ class EpochTracker:
             return is_best
         return self.best_epoch == epoch
 
+    def would_be_best(self, epoch: int, value: float | None) -> bool:
+        """Whether reporting ``epoch`` with ``value`` would make it the best, without recording it."""
+        return best_epoch([*self.reports, EpochMetric(epoch=epoch, value=value)], self.mode) == epoch
+
     @property
     def best_epoch(self) -> int | None:
         if self.declared_best is not None:

@@ -5,28 +5,31 @@
     with TrainingRun(project_id=7, job_id=42, weights_dir="runs/job_42/weights") as run:
         for epoch in range(1, epochs + 1):
             value = train_and_validate(epoch)
-            is_best = run.report(epoch, value)       # record the epoch, then save what it says
-            torch.save(state, "runs/job_42/weights/last.pt")
-            if is_best:
-                torch.save(state, "runs/job_42/weights/best.pt")
+            with run.epoch_end(epoch, value) as is_best:   # Ctrl+C/SIGTERM wait until the block is done
+                torch.save(state, "runs/job_42/weights/last.pt")
+                if is_best:
+                    torch.save(state, "runs/job_42/weights/best.pt")
 
 On leaving the block, normally or through KeyboardInterrupt, SIGTERM or any exception, whichever of
 best.pt and last.pt exist are uploaded to the attempt's staging folder and then the manifest is written with
 the status, epochs, metric and error. The exception (or signal) then goes on as it would have: the process
-exits exactly as it would without this block. An upload failure is retried, then logged loudly and returned
-in ``run.result``; it never raises into the training script.
+exits exactly as it would without this block. An upload failure (or any other failure of the staging) is
+retried where it can be, then logged loudly and returned in ``run.result``; it never raises into the training
+script.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 import signal
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -36,7 +39,7 @@ from ckpt.config import Settings
 from ckpt.errors import StorageUnavailable
 from ckpt.keys import CHECKPOINT_NAMES, AttemptRef, CheckpointName, JobRef, Layout
 from ckpt.manifest import Manifest, Metric, Status
-from ckpt.staging import Checkpoint, next_attempt, stage_attempt
+from ckpt.staging import Checkpoint, resolve_attempt, stage_attempt
 from ckpt.storage import make_client
 from ckpt.tracking import EpochTracker
 from ckpt.upload import Uploaded, Uploader, UploadPolicy
@@ -62,9 +65,29 @@ def ending(exc: BaseException | None) -> tuple[Status, str | None]:
     return "failed", f"{type(exc).__name__}: {exc}"
 
 
+@contextmanager
+def deferred_signals(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
+    """Hold Ctrl+C and SIGTERM until the block is done, then deliver them: a checkpoint write and the
+    record of which epoch it holds happen together or not at all, and a file is never cut half-written."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals only reach the main thread; nothing to hold here
+        return
+    received: list[int] = []
+    previous = {signum: signal.getsignal(signum) for signum in signums}
+    for signum in signums:
+        signal.signal(signum, lambda number, frame: received.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        for signum in dict.fromkeys(received):
+            signal.raise_signal(signum)
+
+
 @dataclass(frozen=True)
 class StageResult:
-    ref: AttemptRef
+    ref: AttemptRef | None  # None when not even the attempt could be chosen (store unreachable)
     status: Status
     manifest: Manifest | None  # None when staging failed
     error: str | None  # why staging failed
@@ -130,6 +153,7 @@ class TrainingRun:
         self._policy = policy
         self._handle_sigterm = handle_sigterm
         self._previous_sigterm: Any = None
+        self._sigterm_received = False
         self._backup: _Backup | None = None
         self.ref: AttemptRef | None = None
         self.layout: Layout | None = None
@@ -137,8 +161,19 @@ class TrainingRun:
     # --- the training loop's side ----------------------------------------------------------------------
 
     def report(self, epoch: int, value: float | None = None, *, is_best: bool | None = None) -> bool:
-        """Record a finished epoch and its metric; returns whether it is the new best."""
+        """Record a finished epoch and its metric; returns whether it is the new best. Prefer
+        ``epoch_end``, which also keeps a signal from landing between a save and its record."""
         return self.tracker.report(epoch, value, is_best=is_best)
+
+    @contextmanager
+    def epoch_end(self, epoch: int, value: float | None = None) -> Iterator[bool]:
+        """Save the epoch's checkpoints inside this block; it yields whether the epoch is the new best.
+        The epoch is recorded when the block completes, and Ctrl+C or SIGTERM arriving meanwhile waits for
+        it, so the manifest never names an epoch other than the one in the file."""
+        with deferred_signals():
+            is_best = self.tracker.would_be_best(epoch, value)
+            yield is_best
+            self.tracker.report(epoch, value, is_best=is_best)
 
     # --- context manager ---------------------------------------------------------------------------------
 
@@ -147,9 +182,10 @@ class TrainingRun:
         self.layout = settings.layout()
         if self._client is None:
             self._client = make_client(settings.endpoint_url)
-        attempt = self._attempt or _int_env("CKPT_ATTEMPT") or next_attempt(self._client, self.layout, self.job)
-        self.ref = AttemptRef(job=self.job, attempt=attempt)
-        log.info("staging checkpoints of %s as attempt %d", self.job, attempt)
+        try:
+            self._resolve_ref()
+        except Exception as exc:  # the store may be down now and back by the end of training
+            log.warning("could not choose the attempt of %s yet (%s); trying again when staging", self.job, exc)
         if self._handle_sigterm:
             self._install_sigterm()
         if self._backup_minutes:
@@ -160,31 +196,46 @@ class TrainingRun:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._handle_sigterm:
-            self._ignore_sigterm_while_staging()
+        status, error = ending(exc)
+        if status == "completed" and self._sigterm_received:
+            status, error = "interrupted", "SIGTERM"  # the program's own handler stopped it gracefully
         try:
-            self.result = self.stage(*ending(exc))
+            if self._handle_sigterm:
+                self._ignore_sigterm_while_staging()
+            self.result = self.stage(status, error)
         finally:
             if self._handle_sigterm:
                 self._restore_sigterm()
-        if isinstance(exc, Terminated):
-            # Die of SIGTERM as the process would have without us (or run the handler it had).
-            signal.raise_signal(signal.SIGTERM)
+            if isinstance(exc, Terminated):
+                # Die of SIGTERM as the process would have without us.
+                signal.raise_signal(signal.SIGTERM)
+
+    def _resolve_ref(self) -> AttemptRef:
+        if self.ref is None:
+            assert self.layout is not None, "use TrainingRun as a context manager"
+            attempt = resolve_attempt(
+                self._client, self.layout, self.job, self._attempt, os.environ.get("CKPT_ATTEMPT")
+            )
+            self.ref = AttemptRef(job=self.job, attempt=attempt)
+            log.info("staging checkpoints of %s as attempt %d", self.job, attempt)
+        return self.ref
 
     def stage(self, status: Status, error: str | None) -> StageResult:
-        assert self.ref is not None and self.layout is not None, "use TrainingRun as a context manager"
+        """Upload what exists, then the manifest. Never raises: the outcome is the returned result."""
+        assert self.layout is not None, "use TrainingRun as a context manager"
         started = time.monotonic()
-        already = self._backup.stop() if self._backup else {}
         epochs: dict[CheckpointName, int | None] = {
             "best": self.tracker.best_epoch,
             "last": self.tracker.last_epoch,
         }
         try:
+            already = self._backup.stop() if self._backup else {}
+            ref = self._resolve_ref()
             manifest = stage_weights(
                 self._client,
                 self.layout,
-                self.ref,
-                self.weights_dir,
+                ref,
+                self._weights(),
                 status,
                 epochs,
                 policy=self._policy,
@@ -192,34 +243,46 @@ class TrainingRun:
                 metric=self.metric,
                 error=error,
             )
-        except (StorageUnavailable, OSError) as failure:
-            result = StageResult(self.ref, status, None, str(failure), time.monotonic() - started)
+        except Exception as failure:  # whatever went wrong, training must end as it would have
             log.error(
-                "checkpoints of %s were NOT staged: %s. They are still in %s; stage them later with: %s",
+                "checkpoints of %s were NOT staged: %s: %s. They are still in %s; stage them later with: %s",
                 self.job,
+                type(failure).__name__,
                 failure,
-                self.weights_dir,
-                self._stage_command(status, epochs),
+                self._weights() or "the weights folder",
+                self._stage_command(status, epochs, error),
+                exc_info=not isinstance(failure, OSError | StorageUnavailable),
             )
-            return result
-        result = StageResult(self.ref, status, manifest, None, time.monotonic() - started)
+            return StageResult(
+                self.ref, status, None, f"{type(failure).__name__}: {failure}", time.monotonic() - started
+            )
+        result = StageResult(ref, status, manifest, None, time.monotonic() - started)
         log.info(
             "staged %s (%s) in %.1f s: %s",
-            self.layout.attempt_folder(self.ref),
+            self.layout.attempt_folder(ref),
             status,
             result.seconds,
             ", ".join(manifest.checkpoints.present()) or "no checkpoints",
         )
         return result
 
-    def _stage_command(self, status: Status, epochs: Mapping[CheckpointName, int | None]) -> str:
-        assert self.ref is not None
+    def _weights(self) -> Path | None:
+        """The folder holding best.pt and last.pt (integrations may find it late)."""
+        return self.weights_dir
+
+    def _stage_command(self, status: Status, epochs: Mapping[CheckpointName, int | None], error: str | None) -> str:
         parts = ["ckpt stage"]
         if self.job.project_id is not None:
             parts.append(f"--project-id {self.job.project_id}")
-        parts += [f"--job-id {self.job.job_id}", f"--attempt {self.ref.attempt}"]
-        parts += [f"--weights-dir {self.weights_dir}", f"--status {status}"]
+        parts.append(f"--job-id {self.job.job_id}")
+        if self.ref is not None:
+            parts.append(f"--attempt {self.ref.attempt}")
+        parts += [f"--weights-dir {shlex.quote(str(self._weights() or '<weights folder>'))}", f"--status {status}"]
         parts += [f"--{name}-epoch {epoch}" for name, epoch in epochs.items() if epoch is not None]
+        if self.metric is not None and self.metric.name:
+            parts.append(f"--metric-name {shlex.quote(self.metric.name)} --metric-mode {self.metric.mode}")
+        if error:
+            parts.append(f"--error {shlex.quote(error)}")
         return " ".join(parts)
 
     # --- SIGTERM ---------------------------------------------------------------------------------------
@@ -229,15 +292,20 @@ class TrainingRun:
             self._handle_sigterm = False  # signals are only delivered to the main thread
             return
         previous = signal.getsignal(signal.SIGTERM)
-        if previous is signal.SIG_IGN:
-            self._handle_sigterm = False  # the process chose to ignore SIGTERM; so do we
+        if previous is signal.SIG_IGN or previous is None:
+            # Ignored on purpose, or handled outside Python: leave it exactly as it is.
+            self._handle_sigterm = False
             return
         self._previous_sigterm = previous
 
-        def raise_terminated(signum: int, frame: FrameType | None) -> None:
-            raise Terminated("SIGTERM")
+        def on_sigterm(signum: int, frame: FrameType | None) -> None:
+            self._sigterm_received = True
+            if callable(previous):
+                previous(signum, frame)  # the program's own handler decides how training stops
+            else:
+                raise Terminated("SIGTERM")
 
-        signal.signal(signal.SIGTERM, raise_terminated)
+        signal.signal(signal.SIGTERM, on_sigterm)
 
     def _ignore_sigterm_while_staging(self) -> None:
         # A second SIGTERM must not abort the upload it asked for; SIGKILL still ends everything.
@@ -245,11 +313,6 @@ class TrainingRun:
 
     def _restore_sigterm(self) -> None:
         signal.signal(signal.SIGTERM, self._previous_sigterm)
-
-
-def _int_env(name: str) -> int | None:
-    value = os.environ.get(name)
-    return int(value) if value else None
 
 
 class _Backup(threading.Thread):
@@ -272,9 +335,11 @@ class _Backup(threading.Thread):
 
     def backup_once(self) -> None:
         run = self._run
-        assert run.ref is not None and run.layout is not None
-        if run.weights_dir is None or not (path := run.weights_dir / "last.pt").is_file():
+        weights = run._weights()
+        if weights is None or not (path := weights / "last.pt").is_file():
             return
+        ref = run._resolve_ref()
+        assert run.layout is not None
         signature = _signature(path)
         if self._staged and self._staged[0] == signature:
             return
@@ -284,7 +349,7 @@ class _Backup(threading.Thread):
             if _signature(path) != signature:
                 return  # written while we copied: take it next time
             uploaded = Uploader(run._client, run.layout.bucket, replace(run._policy or UploadPolicy(), progress=False))
-            staged = uploaded.upload(snapshot, run.layout.staged_key(run.ref, "last"), label="last.pt backup")
+            staged = uploaded.upload(snapshot, run.layout.staged_key(ref, "last"), label="last.pt backup")
         self._staged = (signature, staged)
         self.backups += 1
         log.info("backed up last.pt (%d bytes) to staging", staged.size)
@@ -293,9 +358,9 @@ class _Backup(threading.Thread):
         """Stop, wait for an upload in flight, and say what staging already holds, if still current."""
         self._stopping.set()
         self.join()
-        run = self._run
-        if self._staged and run.weights_dir is not None:
-            path = run.weights_dir / "last.pt"
+        weights = self._run._weights()
+        if self._staged and weights is not None:
+            path = weights / "last.pt"
             if path.is_file() and _signature(path) == self._staged[0]:
                 return {"last": self._staged[1]}
         return {}

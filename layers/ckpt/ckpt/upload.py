@@ -23,6 +23,8 @@ from typing import IO, Any
 
 from ckpt.storage import MiB, translated_errors
 
+MAX_PARTS = 10_000
+
 
 @dataclass(frozen=True)
 class UploadPolicy:
@@ -51,15 +53,17 @@ class Uploader:
         self.policy = policy or UploadPolicy()
 
     def upload(self, source: Path | bytes, key: str, *, label: str | None = None) -> Uploaded:
-        """Store ``source`` at ``key``; raises ``StorageUnavailable`` when the store keeps failing."""
+        """Store ``source`` at ``key``; raises ``StorageUnavailable`` when the store keeps failing.
+        The size and digest recorded are those of the bytes read, whatever the file does meanwhile."""
         size = source.stat().st_size if isinstance(source, Path) else len(source)
         with _progress(label or key.rsplit("/", 1)[-1], size, self.policy.progress) as advance, _opened(source) as f:
             if size <= self.policy.multipart_threshold:
-                return self._single(f, key, size, advance)
+                return self._single(f, key, advance)
             return self._multipart(f, key, size, advance)
 
-    def _single(self, f: IO[bytes], key: str, size: int, advance: Callable[[int], None]) -> Uploaded:
+    def _single(self, f: IO[bytes], key: str, advance: Callable[[int], None]) -> Uploaded:
         data = f.read()
+        size = len(data)
         digest = hashlib.sha256(data)
         with translated_errors(key):
             self._s3.put_object(
@@ -80,14 +84,18 @@ class Uploader:
                 "UploadId"
             ]
         whole = hashlib.sha256()
+        read = 0
+        # S3 and R2 allow 10,000 parts: grow the part size for files beyond part_size * 10,000.
+        part_size = max(self.policy.part_size, -(-size // MAX_PARTS))
         in_flight = threading.BoundedSemaphore(self.policy.concurrency)
         futures: list[Future[dict[str, Any]]] = []
         try:
             with ThreadPoolExecutor(max_workers=self.policy.concurrency) as pool:
                 number = 0
-                while chunk := f.read(self.policy.part_size):
+                while chunk := f.read(part_size):
                     number += 1
                     whole.update(chunk)  # the file's digest, in the pass that reads it for the parts
+                    read += len(chunk)
                     in_flight.acquire()
                     future = pool.submit(self._part, key, upload_id, number, chunk, advance)
                     future.add_done_callback(lambda _: in_flight.release())
@@ -104,7 +112,7 @@ class Uploader:
             with translated_errors(key):
                 self._s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
             raise
-        return Uploaded(key=key, size=size, sha256=whole.hexdigest(), parts=len(parts))
+        return Uploaded(key=key, size=read, sha256=whole.hexdigest(), parts=len(parts))
 
     def _part(
         self, key: str, upload_id: str, number: int, chunk: bytes, advance: Callable[[int], None]
@@ -135,7 +143,11 @@ def _opened(source: Path | bytes) -> Iterator[IO[bytes]]:
 
 @contextmanager
 def _progress(label: str, total: int, enabled: bool | None) -> Iterator[Callable[[int], None]]:
-    from tqdm import tqdm
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the `trainer` extra is not installed: upload without a bar
+        yield lambda n: None
+        return
 
     lock = threading.Lock()
     # disable=None: tqdm shows the bar only when its stream is a terminal
