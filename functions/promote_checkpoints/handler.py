@@ -17,7 +17,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from ckpt.config import Settings
-from ckpt.errors import Rejected
+from ckpt.errors import Rejected, TransientError
 from ckpt.keys import JobRef
 from ckpt.outcome import Outcome
 from ckpt.promotion import Promoter
@@ -53,7 +53,29 @@ def record_handler(record: SQSRecord) -> list[dict[str, Any]]:
         objects = triggers.objects_in_body(record.body)
     except triggers.UnrecognisedEvent as exc:
         return [_unrecognised(exc, message_id=record.message_id)]
-    return [promote(obj, trigger=f"sqs:{obj.source}") for obj in objects]
+    answers = []
+    for obj in objects:
+        try:
+            answers.append(promote(obj, trigger=f"sqs:{obj.source}"))
+        except TransientError as exc:
+            if int(record.attributes.approximate_receive_count) >= _max_receives():
+                _record_giving_up(obj, exc)
+            raise
+    return answers
+
+
+def _max_receives() -> int:
+    # The queue's maxReceiveCount (template.yaml passes it); on the last delivery the message goes to the DLQ.
+    return int(os.environ.get("MAX_RECEIVE_COUNT") or 5)
+
+
+def _record_giving_up(obj: triggers.ObjectCreated, exc: TransientError) -> None:
+    """On the last delivery, leave an outcome behind before the message moves to the dead-letter queue."""
+    reason = f"gave up after {_max_receives()} deliveries, now in the dead-letter queue: {exc}"
+    try:
+        get_promoter().record_rejection(obj.bucket, obj.key, trigger=f"sqs:{obj.source}", reason=reason)
+    except Exception:  # the database may be what is down; the log and the DLQ still say it
+        logger.exception("could not record the final failure of %s", obj.key)
 
 
 @logger.inject_lambda_context(clear_state=True)

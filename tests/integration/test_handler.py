@@ -180,3 +180,27 @@ def test_missing_service_tables_fail_with_the_command_that_fixes_them(handler, e
 
     with pytest.raises(ConfigurationError, match="ckpt db upgrade"):
         invoke(handler, event("s3-object-created.json"))
+
+
+def test_the_last_delivery_of_a_failing_message_leaves_a_recorded_outcome(handler, staged, engine, monkeypatch):
+    promoter = handler.get_promoter()
+
+    def store_down(*args: Any) -> Any:
+        raise StorageUnavailable("injected: 503 Slow Down")
+
+    monkeypatch.setattr(promoter.storage, "copy", store_down)
+    record = _sqs_record(_s3_body("staging/projects/7/jobs/42/attempts/1/manifest.json"), "m-1")
+
+    for receive_count in ("1", "4"):
+        record["attributes"]["ApproximateReceiveCount"] = receive_count
+        with pytest.raises(BatchProcessingError):
+            invoke(handler, {"Records": [record]})
+    assert records(engine, 42) == []  # still being retried: nothing final to say
+
+    record["attributes"]["ApproximateReceiveCount"] = "5"
+    with pytest.raises(BatchProcessingError):
+        invoke(handler, {"Records": [record]})
+
+    [final] = records(engine, 42)
+    assert final["outcome"] == "rejected"
+    assert "gave up after 5 deliveries" in final["reason"] and "503 Slow Down" in final["reason"]

@@ -26,3 +26,12 @@ def test_the_layer_requirements_are_the_package_and_function_dependencies():
 def test_the_layer_never_carries_torch_or_ultralytics():
     text = (ROOT / "layers/ckpt/requirements.txt").read_text().lower()
     assert not any(name in text for name in ("torch", "ultralytics", "tqdm"))
+
+
+def test_the_function_knows_the_queues_receive_count():
+    import re
+
+    template = (ROOT / "template.yaml").read_text()
+    [queue] = re.findall(r"maxReceiveCount: (\d+)", template)
+    [function] = re.findall(r'MAX_RECEIVE_COUNT: "(\d+)"', template)
+    assert queue == function

@@ -120,6 +120,17 @@ class Promoter:
         except Rejected as exc:
             return self._finish(replace(base, reason=exc.reason), dry_run)
 
+    def record_rejection(self, bucket: str, key: str, *, trigger: str, reason: str) -> Outcome:
+        """Record that a manifest was given up on (for instance after its last delivery failed)."""
+        try:
+            ref: AttemptRef | None = self.layout.parse_manifest_key(key)
+        except ValueError:
+            ref = None
+        outcome = Outcome(
+            status=Status.REJECTED, reason=reason, bucket=bucket, manifest_key=key, trigger=trigger, ref=ref
+        )
+        return self._finish(outcome, dry_run=False)
+
     def reprocess(self, job: JobRef, attempt: int | None = None, *, dry_run: bool = False) -> Outcome:
         """Re-run the promotion of the job's newest staged attempt (or ``attempt``), even if it was done."""
         if attempt is None:
