@@ -364,3 +364,17 @@ def test_a_listed_file_that_is_missing_is_a_recorded_rejection(engine, promoter,
     assert outcome.status is Status.REJECTED
     assert "last.pt is listed in the manifest but" in records(engine, 42)[0]["reason"]
     assert canonical_bytes(s3, layout, JOB, "best") is None  # nothing promoted, not even the file that exists
+
+
+def test_a_duplicate_gives_rows_written_after_the_promotion_their_paths(engine, promoter, trainer, s3, layout):
+    add_epochs(engine, 42, {18: 0.5})
+    trainer.finish(attempt(1))  # best 18, last 20: the platform has not written epoch 20 yet
+    assert promote(promoter).missing_rows == [20]
+    add_epochs(engine, 42, {20: 0.4})
+    counting = WrappedStorage(promoter.storage)
+    promoter.storage = counting
+
+    outcome = promote(promoter)
+
+    assert (outcome.status, outcome.missing_rows, counting.copies) == (Status.DUPLICATE, [], 0)
+    assert paths(engine, 42) == {18: URI_BEST, 20: URI_LAST}

@@ -153,20 +153,20 @@ class Promoter:
         base = replace(base, manifest_sha256=manifest_sha256)
 
         early = self._decide(self.store.state(ref.job), ref, manifest_sha256, force)
-        if early is not Decision.PROMOTE:
+        if early is Decision.SUPERSEDED or (dry_run and early is Decision.DUPLICATE):
             return self._finish(self._not_promoted(base, early), dry_run)
-
-        verified = [self._verify(ref, name, entry) for name, entry in manifest.checkpoints.present().items()]
+        # A duplicate needs no storage work, but it does take the lock: it re-applies the rows (below).
+        verified = self._verify_all(ref, manifest) if early is Decision.PROMOTE else None
         if dry_run:
-            return self._plan(base, manifest, verified)
+            return self._plan(base, manifest, verified or [])
 
         with self.store.job(ref.job) as tx:
             previous = tx.state()
             decision = self._decide(previous, ref, manifest_sha256, force)
             if decision is not Decision.PROMOTE:
-                outcome = self._not_promoted(base, decision)
-                tx.record(outcome)
-                return self._logged(outcome)
+                return self._logged(self._settle(tx, base, decision, previous))
+            if verified is None:
+                verified = self._verify_all(ref, manifest)
             # Everything is read and planned before the first copy changes a canonical key.
             outcome = self._promoted(base, manifest, verified, tx.epoch_metrics(), previous)
             for file in verified:
@@ -194,6 +194,9 @@ class Promoter:
             return decide(state, ref, sha256, force=force)
         except ConflictingJob as exc:
             raise Rejected(str(exc)) from None
+
+    def _verify_all(self, ref: AttemptRef, manifest: Manifest) -> list[VerifiedFile]:
+        return [self._verify(ref, name, entry) for name, entry in manifest.checkpoints.present().items()]
 
     def _verify(self, ref: AttemptRef, name: CheckpointName, entry: CheckpointEntry) -> VerifiedFile:
         key = self.layout.staged_key(ref, name)
@@ -275,6 +278,18 @@ class Promoter:
         job = manifest.ref.job
         outcome = self._promoted(base, manifest, verified, self.store.epoch_metrics(job), self.store.state(job))
         return self._logged(replace(outcome, status=Status.PLANNED, reason="dry run: " + outcome.reason))
+
+    def _settle(self, tx: JobTransaction, base: Outcome, decision: Decision, previous: JobState | None) -> Outcome:
+        """Record a manifest that is not promoted again. A duplicate re-applies the promoted paths, so rows the
+        platform wrote after the promotion (an epoch that had no row then) get theirs: processing a manifest
+        any number of times leaves the rows as processing it once, now, would."""
+        outcome = self._not_promoted(base, decision)
+        if decision is Decision.DUPLICATE and previous is not None and base.ref is not None:
+            uris = {name: self.layout.canonical_uri(base.ref.job, name) for name in CHECKPOINT_NAMES}
+            paths = row_paths(previous.epochs, uris)
+            outcome = replace(outcome, row_paths=paths, missing_rows=tx.set_checkpoint_paths(paths))
+        tx.record(outcome)
+        return outcome
 
     @staticmethod
     def _not_promoted(base: Outcome, decision: Decision) -> Outcome:
