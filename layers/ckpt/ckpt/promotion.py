@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
-from typing import Protocol
 
 from ckpt.errors import ObjectChanged, ObjectMissing, Rejected
 from ckpt.keys import CHECKPOINT_NAMES, AttemptRef, CheckpointName, JobRef, Layout, NotAManifest, OutsideStaging
@@ -34,6 +31,7 @@ from ckpt.manifest import (
     parse_manifest,
 )
 from ckpt.outcome import ChecksumSource, FileReport, Outcome, Status
+from ckpt.ports import JobTransaction, ObjectInfo, Storage, Store
 from ckpt.rules import (
     ConflictingJob,
     Decision,
@@ -44,39 +42,8 @@ from ckpt.rules import (
     row_paths,
     target_epochs,
 )
-from ckpt.storage import ObjectInfo
 
 log = logging.getLogger(__name__)
-
-
-class Storage(Protocol):
-    """What the promotion needs from the object store (``ckpt.storage.S3Storage``)."""
-
-    def head(self, key: str) -> ObjectInfo: ...
-    def read(self, key: str, max_bytes: int) -> tuple[bytes, str]: ...
-    def stream_sha256(self, key: str, etag: str) -> tuple[str, int]: ...
-    def copy(self, source_key: str, source_etag: str, dest_key: str, metadata: Mapping[str, str]) -> ObjectInfo: ...
-    def list_folders(self, prefix: str) -> list[str]: ...
-    def exists(self, key: str) -> bool: ...
-
-
-class JobTransaction(Protocol):
-    """The database side of one promotion, inside the job's lock (``ckpt.db.store.JobTransaction``)."""
-
-    def state(self) -> JobState | None: ...
-    def epoch_metrics(self) -> list[EpochMetric]: ...
-    def set_checkpoint_paths(self, paths: Mapping[int, str]) -> list[int]: ...
-    def save_state(self, state: JobState, promotion_id: int) -> None: ...
-    def record(self, outcome: Outcome) -> int: ...
-
-
-class Store(Protocol):
-    """What the promotion needs from the database (``ckpt.db.store.PromotionStore``)."""
-
-    def job(self, job: JobRef) -> AbstractContextManager[JobTransaction]: ...
-    def state(self, job: JobRef) -> JobState | None: ...
-    def epoch_metrics(self, job: JobRef) -> list[EpochMetric]: ...
-    def record(self, outcome: Outcome) -> int: ...
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ import hashlib
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import boto3
@@ -21,21 +20,10 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ckpt.errors import ObjectChanged, ObjectMissing, StorageUnavailable
+from ckpt.ports import ObjectInfo
 
 MiB = 1024 * 1024
 HASH_CHUNK_BYTES = 8 * MiB  # memory used by the streaming hash, whatever the file's size
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    key: str
-    size: int
-    etag: str
-    # Hex SHA-256 of the whole object when the store keeps one (an upload that sent x-amz-checksum-sha256
-    # in one part); None for multipart uploads (their checksum is a checksum of checksums) and stores
-    # that keep none.
-    sha256: str | None
-    metadata: Mapping[str, str]
 
 
 def make_client(

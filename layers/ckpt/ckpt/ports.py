@@ -1,0 +1,58 @@
+"""The ports of the promotion: what it needs from the object store and the database, as interfaces.
+
+``ckpt.storage.S3Storage`` and ``ckpt.db.store.PromotionStore`` are the adapters that implement them; tests
+wrap them to inject failures. Nothing here imports boto3 or SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+from ckpt.keys import JobRef
+from ckpt.outcome import Outcome
+from ckpt.rules import EpochMetric, JobState
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str
+    # Hex SHA-256 of the whole object when the store keeps one (an upload that sent x-amz-checksum-sha256
+    # in one part); None for multipart uploads (their checksum is a checksum of checksums) and stores
+    # that keep none.
+    sha256: str | None
+    metadata: Mapping[str, str]
+
+
+class Storage(Protocol):
+    """What the promotion needs from the object store (``ckpt.storage.S3Storage``)."""
+
+    def head(self, key: str) -> ObjectInfo: ...
+    def read(self, key: str, max_bytes: int) -> tuple[bytes, str]: ...
+    def stream_sha256(self, key: str, etag: str) -> tuple[str, int]: ...
+    def copy(self, source_key: str, source_etag: str, dest_key: str, metadata: Mapping[str, str]) -> ObjectInfo: ...
+    def list_folders(self, prefix: str) -> list[str]: ...
+    def exists(self, key: str) -> bool: ...
+
+
+class JobTransaction(Protocol):
+    """The database side of one promotion, inside the job's lock (``ckpt.db.store.JobTransaction``)."""
+
+    def state(self) -> JobState | None: ...
+    def epoch_metrics(self) -> list[EpochMetric]: ...
+    def set_checkpoint_paths(self, paths: Mapping[int, str]) -> list[int]: ...
+    def save_state(self, state: JobState, promotion_id: int) -> None: ...
+    def record(self, outcome: Outcome) -> int: ...
+
+
+class Store(Protocol):
+    """What the promotion needs from the database (``ckpt.db.store.PromotionStore``)."""
+
+    def job(self, job: JobRef) -> AbstractContextManager[JobTransaction]: ...
+    def state(self, job: JobRef) -> JobState | None: ...
+    def epoch_metrics(self, job: JobRef) -> list[EpochMetric]: ...
+    def record(self, outcome: Outcome) -> int: ...
