@@ -22,7 +22,6 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from ckpt.config import Settings
 from ckpt.db import migrate
@@ -120,7 +119,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     promoter = build_promoter(settings, engine, _read_secret)
     job = JobRef(job_id=args.job_id, project_id=args.project_id)
     outcome = promoter.reprocess(job, args.attempt, dry_run=args.dry_run)
-    print(json.dumps(outcome.log_fields(), indent=2, default=_json_default))
+    print(json.dumps(outcome.log_fields(), indent=2, default=str))
     return 0 if outcome.status in (Status.PROMOTED, Status.PLANNED, Status.DUPLICATE) else 1
 
 
@@ -147,10 +146,6 @@ def _stage(args: argparse.Namespace, settings: Settings) -> int:
     staged = ", ".join(manifest.checkpoints.present()) or "no checkpoints"
     print(f"staged {staged} and {layout.manifest_key(ref)}")
     return 0
-
-
-def _json_default(value: Any) -> str:
-    return str(value)
 
 
 if __name__ == "__main__":

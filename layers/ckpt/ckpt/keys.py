@@ -143,6 +143,9 @@ class Layout:
     def canonical_uri(self, job: JobRef, name: CheckpointName) -> str:
         return self.uri(self.canonical_key(job, name))
 
+    def canonical_uris(self, job: JobRef) -> dict[CheckpointName, str]:
+        return {name: self.canonical_uri(job, name) for name in CHECKPOINT_NAMES}
+
 
 class LayoutError(ValueError):
     """A key that is not where the contract puts it."""

@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass, replace
 
 from ckpt.errors import ObjectChanged, ObjectMissing, Rejected
-from ckpt.keys import CHECKPOINT_NAMES, AttemptRef, CheckpointName, JobRef, Layout, NotAManifest, OutsideStaging
+from ckpt.keys import AttemptRef, CheckpointName, JobRef, Layout, NotAManifest, OutsideStaging
 from ckpt.manifest import (
     MAX_MANIFEST_BYTES,
     CheckpointEntry,
@@ -135,12 +135,15 @@ class Promoter:
             if verified is None:
                 verified = self._verify_all(ref, manifest)
             # Everything is read and planned before the first copy changes a canonical key.
-            outcome = self._promoted(base, manifest, verified, tx.epoch_metrics(), previous)
+            outcome, targets = self._promoted(base, manifest, verified, tx.epoch_metrics(), previous)
             for file in verified:
                 self._copy(ref, file, manifest_sha256)
             outcome = replace(outcome, missing_rows=tx.set_checkpoint_paths(outcome.row_paths))
             promotion_id = tx.record(outcome)
-            tx.save_state(self._new_state(ref, manifest_sha256, outcome, previous), promotion_id)
+            state = JobState(
+                project_id=ref.job.project_id, attempt=ref.attempt, manifest_sha256=manifest_sha256, epochs=targets
+            )
+            tx.save_state(state, promotion_id)
         return self._logged(outcome)
 
     def _read_manifest(self, key: str, ref: AttemptRef) -> tuple[Manifest, str]:
@@ -216,11 +219,12 @@ class Promoter:
         verified: list[VerifiedFile],
         metrics: list[EpochMetric],
         previous: JobState | None,
-    ) -> Outcome:
+    ) -> tuple[Outcome, dict[CheckpointName, int | None]]:
+        """The promoted outcome, and the epoch each canonical file stands for afterwards (the new job state)."""
         ref = manifest.ref
         epochs = resolve_epochs(manifest, metrics)
         targets = target_epochs(epochs, previous)
-        uris = {name: self.layout.canonical_uri(ref.job, name) for name in CHECKPOINT_NAMES}
+        uris = self.layout.canonical_uris(ref.job)
         files = {
             f.name: FileReport(
                 size=f.entry.size,
@@ -233,17 +237,18 @@ class Promoter:
             for f in verified
         }
         listed = ", ".join(f"{n}.pt (epoch {epochs[n]})" for n in files) or "no checkpoints"
-        return replace(
+        outcome = replace(
             base,
             status=Status.PROMOTED,
             reason=f"attempt {ref.attempt} ({manifest.status}): promoted {listed}",
             files=files,
             row_paths=row_paths(targets, uris),
         )
+        return outcome, targets
 
     def _plan(self, base: Outcome, manifest: Manifest, verified: list[VerifiedFile]) -> Outcome:
         job = manifest.ref.job
-        outcome = self._promoted(base, manifest, verified, self.store.epoch_metrics(job), self.store.state(job))
+        outcome, _ = self._promoted(base, manifest, verified, self.store.epoch_metrics(job), self.store.state(job))
         return self._logged(replace(outcome, status=Status.PLANNED, reason="dry run: " + outcome.reason))
 
     def _settle(self, tx: JobTransaction, base: Outcome, decision: Decision, previous: JobState | None) -> Outcome:
@@ -252,8 +257,7 @@ class Promoter:
         any number of times leaves the rows as processing it once, now, would."""
         outcome = self._not_promoted(base, decision)
         if decision is Decision.DUPLICATE and previous is not None and base.ref is not None:
-            uris = {name: self.layout.canonical_uri(base.ref.job, name) for name in CHECKPOINT_NAMES}
-            paths = row_paths(previous.epochs, uris)
+            paths = row_paths(previous.epochs, self.layout.canonical_uris(base.ref.job))
             outcome = replace(outcome, row_paths=paths, missing_rows=tx.set_checkpoint_paths(paths))
         tx.record(outcome)
         return outcome
@@ -263,16 +267,6 @@ class Promoter:
         if decision is Decision.DUPLICATE:
             return replace(base, status=Status.DUPLICATE, reason="this manifest was already promoted")
         return replace(base, status=Status.SUPERSEDED, reason="a newer attempt of this job was already promoted")
-
-    @staticmethod
-    def _new_state(ref: AttemptRef, manifest_sha256: str, outcome: Outcome, previous: JobState | None) -> JobState:
-        promoted = {name: report.epoch for name, report in outcome.files.items()}
-        return JobState(
-            project_id=ref.job.project_id,
-            attempt=ref.attempt,
-            manifest_sha256=manifest_sha256,
-            epochs=target_epochs(promoted, previous),
-        )
 
     def _finish(self, outcome: Outcome, dry_run: bool) -> Outcome:
         """Record an outcome reached without the job's lock (rejections, duplicates, superseded)."""
