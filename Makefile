@@ -50,11 +50,20 @@ build: install validate
 bench: install
 	PYTHONPATH=functions $(BIN)/python -m tests.e2e.bench_staging
 
-# Start the local PostgreSQL if it is not accepting connections (CI and fresh machines).
+# Start the local PostgreSQL if it is not accepting connections (CI and fresh machines), and give it TLS with
+# Debian's snakeoil certificate: the database TLS tests (sslmode require/verify-*) need a server that offers it.
+PSQL := psql -h 127.0.0.1 -U postgres -d postgres -qAt
 postgres:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $(PG_CLUSTER) main start
-	@for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && exit 0; sleep 1; done; \
-		echo "PostgreSQL is not accepting connections on 127.0.0.1:5432" >&2; exit 1
+	@for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done; \
+		pg_isready -q -h 127.0.0.1 -p 5432 || { echo "PostgreSQL is not accepting connections on 127.0.0.1:5432" >&2; exit 1; }
+	@[ "$$($(PSQL) -c 'SHOW ssl')" = on ] || { \
+		[ -f /etc/ssl/certs/ssl-cert-snakeoil.pem ] || make-ssl-cert generate-default-snakeoil; \
+		$(PSQL) -c "ALTER SYSTEM SET ssl_cert_file = '/etc/ssl/certs/ssl-cert-snakeoil.pem'" \
+			-c "ALTER SYSTEM SET ssl_key_file = '/etc/ssl/private/ssl-cert-snakeoil.key'" \
+			-c "ALTER SYSTEM SET ssl = on" -c "SELECT pg_reload_conf()" >/dev/null; \
+		for i in $$(seq 1 30); do [ "$$($(PSQL) -c 'SHOW ssl')" = on ] && exit 0; sleep 1; done; \
+		echo "PostgreSQL did not turn TLS on" >&2; exit 1; }
 
 clean:
 	rm -rf .aws-sam .demo .pytest_cache .ruff_cache .mypy_cache

@@ -13,18 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from ckpt.db import migrate
 from ckpt.db.engine import make_engine
-from ckpt.db.schema import platform_metadata
 from ckpt.db.store import PromotionStore
 from ckpt.keys import Layout
 from ckpt.promotion import Promoter
 from ckpt.storage import S3Storage, make_client
-from tests.support import BUCKET, Trainer
+from tests.moto_conformance import enforce_copy_conditions
+from tests.support import BUCKET, Trainer, reset_database
+
+enforce_copy_conditions()
 
 PG_ADMIN_URL = os.environ.get("CKPT_TEST_PG_ADMIN_URL", "postgresql+pg8000://postgres@127.0.0.1:5432/postgres")
 
@@ -63,7 +64,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 def _fresh_engine(url: str) -> Iterator[Engine]:
     engine = make_engine(url, lock_timeout_seconds=5)
-    _reset(engine)
+    reset_database(engine)
     yield engine
     engine.dispose()
 
@@ -72,15 +73,6 @@ def _fresh_engine(url: str) -> Iterator[Engine]:
 def pg_engine(pg_url: str) -> Iterator[Engine]:
     """For the tests of PostgreSQL-only behaviour: a reset database on the real server."""
     yield from _fresh_engine(pg_url)
-
-
-def _reset(engine: Engine) -> None:
-    """Empty database: the platform's table as the platform creates it, then the service's via migrations."""
-    with engine.begin() as connection:
-        for table in ("ckpt_promotions", "ckpt_job_state", "ckpt_alembic_version", "validation_results"):
-            connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
-    platform_metadata.create_all(engine)
-    migrate.upgrade(engine)
 
 
 @pytest.fixture

@@ -8,13 +8,23 @@ from typing import Any
 
 from sqlalchemy import Engine, insert, text
 
-from ckpt.db.schema import validation_results
+from ckpt.db import migrate
+from ckpt.db.schema import platform_metadata, validation_results
 from ckpt.db.store import PromotionStore
 from ckpt.keys import AttemptRef, CheckpointName, JobRef, Layout
 from ckpt.manifest import Manifest, Status
 from ckpt.staging import Checkpoint, stage_attempt
 
 BUCKET = "vision-platform-prod"
+
+
+def reset_database(engine: Engine) -> None:
+    """Empty database: the platform's table as the platform creates it, then the service's via migrations."""
+    with engine.begin() as connection:
+        for table in ("ckpt_promotions", "ckpt_job_state", "ckpt_alembic_version", "validation_results"):
+            connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
+    platform_metadata.create_all(engine)
+    migrate.upgrade(engine)
 
 
 def add_epochs(engine: Engine, job_id: int, metrics: Mapping[int, float | None]) -> None:

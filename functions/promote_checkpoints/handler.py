@@ -17,7 +17,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from ckpt.config import Settings
-from ckpt.errors import Rejected, TransientError
+from ckpt.errors import ConfigurationError, Rejected, TransientError
 from ckpt.keys import JobRef
 from ckpt.outcome import Outcome
 from ckpt.promotion import Promoter
@@ -29,14 +29,31 @@ processor = BatchProcessor(event_type=EventType.SQS)
 _promoter: Promoter | None = None
 
 
+_configuration_errors_reported: set[str] = set()
+
+
 def get_promoter() -> Promoter:
-    """Built on first use and kept for the life of the execution environment (one engine, one client)."""
+    """Built on first use and kept for the life of the execution environment (one engine, one client).
+    A failure is not kept: the next invocation builds again, so a fixed setting or secret takes effect."""
     global _promoter
     if _promoter is None:
         settings = Settings.from_env(os.environ)
         engine = engine_from_settings(settings, _read_secret)
         _promoter = build_promoter(settings, engine, _read_secret)
     return _promoter
+
+
+def _configuration_failed(exc: ConfigurationError) -> None:
+    """Say once per execution environment what is misconfigured, and drop the promoter built on it.
+
+    The event is not answered: its messages stay in the queue (then the dead-letter queue) to be redriven
+    once the setting is fixed, instead of being recorded as the manifests' fault."""
+    global _promoter
+    _promoter = None
+    metrics.add_metric(name="ConfigurationErrors", unit=MetricUnit.Count, value=1)
+    if str(exc) not in _configuration_errors_reported:
+        _configuration_errors_reported.add(str(exc))
+        logger.error("the function is misconfigured, nothing can be promoted until it is fixed: %s", exc)
 
 
 def _read_secret(arn: str) -> str:
@@ -61,6 +78,9 @@ def record_handler(record: SQSRecord) -> list[dict[str, Any]]:
             if int(record.attributes.approximate_receive_count) >= _max_receives():
                 _record_giving_up(obj, exc)
             raise
+        except ConfigurationError as exc:  # e.g. the database's certificate fails verification at connect
+            _configuration_failed(exc)
+            raise
     return answers
 
 
@@ -83,8 +103,21 @@ def _record_giving_up(obj: triggers.ObjectCreated, exc: TransientError) -> None:
 @metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     try:
+        return _handle(event, context)
+    except ConfigurationError as exc:
+        _configuration_failed(exc)
+        raise
+
+
+def _handle(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    try:
         kind = triggers.kind_of(event)
         if kind == "sqs":
+            try:
+                get_promoter()  # a misconfiguration fails the batch once, not each of its records
+            except TransientError:
+                pass  # the database is down: only the records that need it fail (below), to be retried
+
             return dict(
                 process_partial_response(
                     event=event, record_handler=record_handler, processor=processor, context=context

@@ -8,7 +8,6 @@ classes; the R2 and reprocess shapes, which no library defines, with pydantic mo
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -18,7 +17,9 @@ from aws_lambda_powertools.utilities.data_classes import S3Event
 from aws_lambda_powertools.utilities.parser import BaseModel
 from pydantic import ConfigDict, Field, ValidationError
 
+from ckpt import strict_json
 from ckpt.errors import describe
+from ckpt.keys import MAX_ID
 
 # R2 notifications name the action; only these create an object.
 R2_CREATE_ACTIONS = frozenset({"PutObject", "CopyObject", "CompleteMultipartUpload"})
@@ -39,10 +40,12 @@ class Reprocess(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     action: Literal["reprocess"]
-    project_id: int | None = Field(default=None, gt=0, strict=True)
-    job_id: int = Field(gt=0, strict=True)
-    attempt: int | None = Field(default=None, gt=0, strict=True)
-    dry_run: bool = False
+    # The bounds of the platform's 32-bit id columns, so a too-large id is refused here, with its reason.
+    project_id: int | None = Field(default=None, gt=0, le=MAX_ID, strict=True)
+    job_id: int = Field(gt=0, le=MAX_ID, strict=True)
+    attempt: int | None = Field(default=None, gt=0, le=MAX_ID, strict=True)
+    # Strict like the ids: "false" or 0 must not quietly run a real promotion.
+    dry_run: bool = Field(default=False, strict=True)
 
 
 class R2Object(BaseModel):
@@ -87,9 +90,9 @@ def parse_reprocess(event: dict[str, Any]) -> Reprocess:
 def objects_in_body(body: str) -> list[ObjectCreated]:
     """The objects an SQS message body announces."""
     try:
-        document = json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise UnrecognisedEvent(f"SQS body is not JSON: {exc}") from None
+        document = strict_json.loads(body, "SQS body")
+    except strict_json.InvalidJson as exc:
+        raise UnrecognisedEvent(str(exc)) from None
     return objects_in(document)
 
 

@@ -14,13 +14,16 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import boto3
+from sqlalchemy import Engine
 
 from ckpt.storage import make_client
 from tests.support import LambdaContext
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 REGION = "us-east-1"
 QUEUE = "promote-checkpoints"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local", "AWS_DEFAULT_REGION": REGION}
@@ -36,9 +39,13 @@ def _free_port() -> int:
 def moto_server() -> Iterator[str]:
     """Start ``moto_server`` on a free loopback port; yields its endpoint URL and stops it afterwards."""
     port = _free_port()
-    executable = os.path.join(os.path.dirname(sys.executable), "moto_server")
+    # moto's server, with the copy conditions S3 documents enforced (tests/moto_conformance.py)
     process = subprocess.Popen(
-        [executable, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [sys.executable, "-m", "tests.moto_conformance", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])},
     )
     endpoint = f"http://127.0.0.1:{port}"
     try:
@@ -225,3 +232,18 @@ class FlakyProxy:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def function_stack(endpoint: str, bucket: str, database_url: str) -> tuple[Pipeline, Engine, Any]:
+    """A bucket with its notification queue, the function's environment pointed at it, an empty database with
+    the platform's table and the service's, and the handler module (built on first use, as in Lambda)."""
+    from ckpt.db.engine import make_engine
+    from tests.support import reset_database
+
+    pipeline = Pipeline(endpoint, bucket).create()
+    os.environ.update(pipeline.function_environment(database_url))
+    engine = make_engine(database_url)
+    reset_database(engine)
+    from promote_checkpoints import handler
+
+    return pipeline, engine, handler

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
 from urllib.parse import unquote_plus
 
-from ckpt.db import migrate
 from ckpt.db.engine import make_engine
-from ckpt.db.schema import platform_metadata
 from ckpt.keys import Layout
 from tests.e2e import demo
-from tests.e2e.local_stack import Pipeline
+from tests.e2e.local_stack import Pipeline, function_stack
 from tests.support import Trainer, add_epochs, attempt, paths, records
 
 
@@ -44,21 +41,9 @@ def test_only_manifests_under_staging_notify_the_queue(endpoint, clean_environme
     assert [body.get("Event") for body in bodies if "Records" not in body] == ["s3:TestEvent"]
 
 
-def _stack(endpoint: str, bucket: str, database_url: str) -> tuple[Pipeline, Any, Any]:
-    pipeline = Pipeline(endpoint, bucket).create()
-    os.environ.update(pipeline.function_environment(database_url))
-    engine = make_engine(database_url)
-    platform_metadata.drop_all(engine)
-    platform_metadata.create_all(engine)
-    migrate.upgrade(engine)
-    from promote_checkpoints import handler
-
-    return pipeline, engine, handler
-
-
 def test_a_redelivered_notification_is_recorded_as_a_duplicate(endpoint, database_url, clean_environment):
     bucket = f"redelivery-{'pg' if database_url.startswith('postgresql') else 'lite'}"
-    pipeline, engine, handler = _stack(endpoint, bucket, database_url)
+    pipeline, engine, handler = function_stack(endpoint, bucket, database_url)
     add_epochs(engine, 42, {18: 0.6, 20: 0.5})
     Trainer(pipeline.s3, Layout(bucket=bucket)).finish(attempt(1))
     messages = [m for m in pipeline.receive(expect=2) if "manifest.json" in m["Body"]]
@@ -79,10 +64,12 @@ def test_large_checkpoints_are_promoted_with_a_multipart_copy(endpoint, tmp_path
     from ckpt.storage import MiB, S3Storage
 
     database_url = f"sqlite:///{tmp_path / 'ckpt.db'}"
-    pipeline, engine, handler = _stack(endpoint, "multipart", database_url)
+    pipeline, engine, handler = function_stack(endpoint, "multipart", database_url)
     add_epochs(engine, 42, {1: 0.1})
     promoter = handler.get_promoter()
-    promoter.storage = S3Storage(pipeline.s3, "multipart", multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB)
+    promoter.storage = S3Storage(
+        pipeline.s3, "multipart", multipart_copy_threshold=5 * MiB, multipart_chunksize=5 * MiB
+    )
     big = os.urandom(11 * MiB)
     Trainer(pipeline.s3, Layout(bucket="multipart")).finish(attempt(1), files={"last": Checkpoint(big, epoch=1)})
     messages = [m for m in pipeline.receive(expect=2) if "manifest.json" in m["Body"]]

@@ -118,3 +118,17 @@ def test_fetch_downloads_the_promoted_last_checkpoint(cli_env, engine, trainer, 
     assert (tmp_path / "last.pt").read_bytes() == weights("last-1")
     assert "verified" in capsys.readouterr().out
     assert main(["fetch", "--project-id", "7", "--job-id", "43", "-o", str(tmp_path)]) == 1
+
+
+@pytest.mark.parametrize(
+    "argument", [["--job-id", "0"], ["--job-id", "2147483648"], ["--job-id", "x"], ["--best-epoch", "0"]]
+)
+def test_ids_and_epochs_outside_the_platforms_range_are_refused_before_anything_runs(argument, tmp_path, capsys):
+    where = {"--job-id": "42", "--project-id": "7", "--weights-dir": str(tmp_path), "--status": "completed"}
+    where.update(dict([argument]))
+
+    with pytest.raises(SystemExit) as exited:
+        main(["stage", *[part for pair in where.items() for part in pair]])
+
+    assert exited.value.code == 2
+    assert "from 1 to 2147483647" in capsys.readouterr().err

@@ -146,6 +146,33 @@ def test_an_older_attempt_overtaken_mid_promotion_does_not_overwrite_the_newer_f
     assert {e: p for e, p in paths(engine, 42).items() if p} == {29: URI_BEST, 30: URI_LAST}
 
 
+def test_a_manifest_re_staged_while_it_was_being_verified_does_not_overwrite_its_newer_version(
+    engine, layout, storage, store, trainer, s3
+):
+    add_epochs(engine, 42, {epoch: epoch / 100 for epoch in range(1, 21)})
+    files = {"best": Checkpoint(weights("best-1"), 18), "last": Checkpoint(weights("last-1"), 20)}
+    trainer.finish(attempt(1), files=files)
+    re_staged = {"done": False}
+
+    def trainer_re_stages_and_another_worker_promotes_it(key: str) -> None:
+        # Worker A has read manifest v1 and is verifying its files; the trainer re-stages attempt 1 with
+        # corrected epochs (v2, same files), and worker B promotes v2 before A takes the job's lock.
+        if key.endswith("last.pt") and not re_staged["done"]:
+            re_staged["done"] = True
+            corrected = {"best": Checkpoint(weights("best-1"), 17), "last": Checkpoint(weights("last-1"), 19)}
+            trainer.finish(attempt(1), files=corrected)
+            assert promote(Promoter(layout, storage, store), 1).status is Status.PROMOTED
+
+    worker_a = WrappedStorage(storage, before_head=trainer_re_stages_and_another_worker_promotes_it)
+    outcome = promote(Promoter(layout, worker_a, store), 1)
+
+    assert outcome.status is Status.SUPERSEDED
+    assert "re-staged" in outcome.reason
+    assert worker_a.copies == 0
+    assert {e: p for e, p in paths(engine, 42).items() if p} == {17: URI_BEST, 19: URI_LAST}
+    assert [(r["outcome"], r["best_epoch"]) for r in records(engine, 42)] == [("promoted", 17), ("superseded", None)]
+
+
 # --- verified ---------------------------------------------------------------------------------------------
 
 
@@ -187,8 +214,8 @@ def test_a_file_swapped_after_verification_is_not_promoted(engine, layout, stora
     add_epochs(engine, 42, {18: 0.5, 20: 0.4})
     trainer.finish(attempt(1))
 
-    def swap(copy_number: int, source_key: str, *_: Any) -> None:
-        s3.put_object(Bucket=layout.bucket, Key=source_key, Body=b"something else entirely")
+    def swap(copy_number: int, source: Any, *_: Any) -> None:
+        s3.put_object(Bucket=layout.bucket, Key=source.key, Body=b"something else entirely")
 
     with pytest.raises(ObjectChanged):
         promote(Promoter(layout, WrappedStorage(storage, before_copy=swap), store))

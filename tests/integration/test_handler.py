@@ -110,6 +110,50 @@ def test_permanent_errors_do_not_fail_the_rest_of_the_batch(handler, staged, eng
     assert [(r["job_id"], r["outcome"]) for r in records(engine)] == [(50, "rejected"), (42, "promoted")]
 
 
+def _s3_event(bucket: str, key: str) -> dict[str, Any]:
+    notification = event("s3-object-created.json")
+    notification["Records"][0]["s3"]["bucket"]["name"] = bucket
+    notification["Records"][0]["s3"]["object"]["key"] = key
+    return notification
+
+
+UNSTORABLE = {
+    "nul-in-key": ("vision-platform-prod", "checkpoints/evil\x00.json", "manifest_key", "checkpoints/evil\\x00.json"),
+    "surrogate-in-key": ("vision-platform-prod", "checkpoints/\ud800.json", "manifest_key", "checkpoints/\\ud800.json"),
+    "key-of-2000-chars": ("vision-platform-prod", "k" * 2000, "manifest_key", "k" * 990),
+    "bucket-of-300-chars": ("b" * 300, "staging/projects/7/jobs/42/attempts/1/manifest.json", "bucket", "b" * 220),
+}
+
+
+@pytest.mark.parametrize(("bucket", "key", "column", "recorded"), UNSTORABLE.values(), ids=UNSTORABLE.keys())
+def test_a_rejection_the_database_could_not_store_as_is_is_recorded_bounded_and_escaped(
+    handler, engine, bucket, key, column, recorded
+):
+    direct = invoke(handler, _s3_event(bucket, key))
+    batch = invoke(handler, {"Records": [_sqs_record(json.dumps(_s3_event(bucket, key)), "garbage")]})
+
+    assert [o["outcome"] for o in direct["outcomes"]] == ["rejected"]
+    assert batch == {"batchItemFailures": []}
+    rows = records(engine)
+    assert [r["outcome"] for r in rows] == ["rejected", "rejected"]
+    limit = {"manifest_key": 1024, "bucket": 255}[column]
+    assert all(r[column].startswith(recorded) and len(r[column]) <= limit for r in rows)
+
+
+def test_a_rejection_the_database_refuses_to_record_still_answers_the_event(handler, engine, monkeypatch):
+    from ckpt.errors import Rejected
+
+    promoter = handler.get_promoter()
+
+    def refuse(outcome: Any) -> int:
+        raise Rejected("the database refused the promotion: value too long")
+
+    monkeypatch.setattr(promoter.store, "record", refuse)
+    answer = invoke(handler, {"Records": [_sqs_record(_s3_body("checkpoints/elsewhere.json"), "m-1")]})
+
+    assert answer == {"batchItemFailures": []}
+
+
 def test_transient_errors_fail_only_their_record_and_the_retry_succeeds(handler, staged, engine, trainer, monkeypatch):
     from ckpt.keys import JobRef
 
@@ -119,10 +163,10 @@ def test_transient_errors_fail_only_their_record_and_the_retry_succeeds(handler,
     promoter = handler.get_promoter()
     real_copy = promoter.storage.copy
 
-    def copy_failing_for_job_43(source_key: str, *args: Any) -> Any:
-        if "/jobs/43/" in source_key:
+    def copy_failing_for_job_43(source: Any, *args: Any) -> Any:
+        if "/jobs/43/" in source.key:
             raise StorageUnavailable("injected: 500 InternalError")
-        return real_copy(source_key, *args)
+        return real_copy(source, *args)
 
     monkeypatch.setattr(promoter.storage, "copy", copy_failing_for_job_43)
     batch = {
@@ -204,3 +248,26 @@ def test_the_last_delivery_of_a_failing_message_leaves_a_recorded_outcome(handle
     [final] = records(engine, 42)
     assert final["outcome"] == "rejected"
     assert "gave up after 5 deliveries" in final["reason"] and "503 Slow Down" in final["reason"]
+
+
+def test_a_misconfigured_database_url_fails_the_batch_once_says_why_and_hides_the_password(
+    handler, engine, database_url, monkeypatch, caplog
+):
+    import logging
+
+    from ckpt.errors import ConfigurationError
+
+    monkeypatch.setenv("DATABASE_URL", "postgresql+pg8000://ckpt:s3cr@t-word@db.internal:5432/platform")
+    monkeypatch.setattr(handler, "_configuration_errors_reported", set())
+    batch = event("sqs-s3-notification.json")
+
+    with caplog.at_level(logging.ERROR):
+        for _ in range(2):
+            with pytest.raises(ConfigurationError, match="more than one '@'") as caught:
+                invoke(handler, batch)
+            assert "s3cr" not in str(caught.value)
+    said = [r.getMessage() for r in caplog.records if "misconfigured" in r.getMessage()]
+    assert len(said) == 1 and "s3cr" not in said[0] and "percent-encode" in said[0]
+
+    monkeypatch.setenv("DATABASE_URL", database_url)  # fixed: the next invocation builds again and works
+    assert invoke(handler, batch) == {"batchItemFailures": []}

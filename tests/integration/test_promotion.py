@@ -194,3 +194,26 @@ def test_reprocess_without_any_staged_manifest_is_rejected(engine, promoter):
 
     with pytest.raises(Rejected, match="no staged manifest"):
         promoter.reprocess(JOB)
+
+
+def test_in_a_versioned_bucket_each_promotion_records_the_version_it_wrote_and_older_ones_stay(
+    engine, promoter, trainer, s3, layout
+):
+    s3.put_bucket_versioning(Bucket=layout.bucket, VersioningConfiguration={"Status": "Enabled"})
+    add_epochs(engine, 42, {epoch: epoch / 100 for epoch in range(1, 31)})
+    key = layout.canonical_key(JOB, "last")
+    written = []
+    for n, epochs in ((1, (18, 20)), (2, (29, 30))):
+        files = {
+            "best": Checkpoint(weights(f"best-{n}"), epochs[0]),
+            "last": Checkpoint(weights(f"last-{n}"), epochs[1]),
+        }
+        trainer.finish(attempt(n), files=files)
+        promoter.promote_key(layout.bucket, layout.manifest_key(attempt(n)), trigger="test")
+        written.append(records(engine, 42)[-1]["details"]["files"]["last"]["canonical_version_id"])
+
+    versions = s3.list_object_versions(Bucket=layout.bucket, Prefix=key)["Versions"]
+    assert sorted(written) == sorted(v["VersionId"] for v in versions) and len(set(written)) == 2
+    first = s3.get_object(Bucket=layout.bucket, Key=key, VersionId=written[0])["Body"].read()
+    assert first == weights("last-1")  # the promotion it replaced is still there, as a noncurrent version
+    assert canonical_bytes(s3, layout, JOB, "last") == weights("last-2")

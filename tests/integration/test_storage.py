@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 
@@ -27,7 +28,12 @@ def test_stream_hash_reads_the_whole_object_in_chunks(s3, storage, monkeypatch):
     data = os.urandom(10_500)
     s3.put_object(Bucket=BUCKET, Key="k", Body=data)
 
-    assert storage.stream_sha256("k", storage.head("k").etag) == (hashlib.sha256(data).hexdigest(), len(data))
+    streamed = storage.stream_digests("k", storage.head("k").etag)
+    assert (streamed.sha256, streamed.md5, streamed.length) == (
+        hashlib.sha256(data).hexdigest(),
+        hashlib.md5(data).hexdigest(),
+        len(data),
+    )
 
 
 def test_stream_hash_of_a_replaced_version_is_refused(s3, storage):
@@ -36,23 +42,23 @@ def test_stream_hash_of_a_replaced_version_is_refused(s3, storage):
     s3.put_object(Bucket=BUCKET, Key="k", Body=b"two")
 
     with pytest.raises(ObjectChanged):
-        storage.stream_sha256("k", etag)
+        storage.stream_digests("k", etag)
 
 
 @pytest.mark.parametrize("size", [3 * MiB, 12 * MiB], ids=["CopyObject", "multipart-UploadPartCopy"])
 def test_copy_is_conditional_on_the_verified_etag(s3, size):
-    storage = S3Storage(s3, BUCKET, multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB)
+    storage = S3Storage(s3, BUCKET, multipart_copy_threshold=5 * MiB, multipart_chunksize=5 * MiB)
     data = os.urandom(size)
     s3.put_object(Bucket=BUCKET, Key="src", Body=data)
-    etag = storage.head("src").etag
+    source = storage.head("src")
 
-    copied = storage.copy("src", etag, "dst", {"sha256": "x"})
-    assert (copied.size, copied.metadata["sha256"]) == (size, "x")
+    storage.copy(source, "dst", {"sha256": "x"})
+    assert storage.head("dst").metadata["sha256"] == "x"
     assert s3.get_object(Bucket=BUCKET, Key="dst")["Body"].read() == data
 
     s3.put_object(Bucket=BUCKET, Key="src", Body=b"replaced")
     with pytest.raises(ObjectChanged):
-        storage.copy("src", etag, "dst2", {})
+        storage.copy(source, "dst2", {})
     with pytest.raises(ObjectMissing):
         storage.head("dst2")
 
@@ -110,4 +116,45 @@ def test_a_multipart_objects_checksum_is_never_taken_for_the_files_sha256(s3, st
     # moto reports a checksum of checksums with no COMPOSITE marker; the '-N' ETag gives it away
     assert s3.head_object(Bucket=BUCKET, Key="mp", ChecksumMode="ENABLED").get("ChecksumSHA256")
     assert storage.head("mp").sha256 is None
-    assert storage.stream_sha256("mp", storage.head("mp").etag)[0] == hashlib.sha256(data).hexdigest()
+    assert storage.stream_digests("mp", storage.head("mp").etag).sha256 == hashlib.sha256(data).hexdigest()
+
+
+def _multipart_source(s3, storage, data):
+    from ckpt.upload import Uploader, UploadPolicy
+
+    Uploader(s3, BUCKET, UploadPolicy(multipart_threshold=5 * MiB, part_size=5 * MiB)).upload(data, "mp")
+    return storage.head("mp")
+
+
+def test_a_copy_of_a_multipart_object_reports_the_checksum_the_store_computed_for_it(s3, storage):
+    data = os.urandom(11 * MiB)
+    source = _multipart_source(s3, storage, data)
+
+    copied = storage.copy(source, "dst", {})
+
+    # the S3 profile asks CopyObject for a SHA-256 of the copied bytes: the file's own digest, not the
+    # source's checksum of parts that a plain copy carries over
+    assert copied.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_a_checksum_the_copy_carried_over_from_its_source_is_not_reported(s3):
+    from ckpt.profiles import R2
+
+    storage = S3Storage(s3, BUCKET, profile=R2)
+    data = os.urandom(11 * MiB)
+    source = _multipart_source(s3, storage, data)
+
+    copied = storage.copy(source, "dst", {})
+
+    carried = s3.head_object(Bucket=BUCKET, Key="dst", ChecksumMode="ENABLED")["ChecksumSHA256"]
+    assert carried != base64.b64encode(hashlib.sha256(data).digest()).decode()  # moto copies the parts' checksum
+    assert copied.sha256 is None
+    assert (copied.size, copied.md5) == (len(data), hashlib.md5(data).hexdigest())
+
+
+def test_the_etag_of_an_object_encrypted_with_a_kms_key_is_not_taken_for_its_md5(s3, storage):
+    s3.put_object(Bucket=BUCKET, Key="plain", Body=b"weights")
+    s3.put_object(Bucket=BUCKET, Key="kms", Body=b"weights", ServerSideEncryption="aws:kms")
+
+    assert storage.head("plain").md5 == hashlib.md5(b"weights").hexdigest()
+    assert storage.head("kms").md5 is None

@@ -203,6 +203,39 @@ def test_rejects_documents_that_are_not_a_json_object(raw: bytes, problem: str) 
 
 
 @pytest.mark.parametrize(
+    ("encode_text", "problem"),
+    [
+        pytest.param(lambda text: b"\xef\xbb\xbf" + text.encode(), "byte-order mark", id="utf8-bom"),
+        pytest.param(lambda text: text.encode("utf-16"), "byte-order mark", id="utf16-bom"),
+        pytest.param(lambda text: text.encode("utf-16-le"), "UTF-16 or UTF-32", id="utf16-le"),
+        pytest.param(lambda text: text.encode("utf-16-be"), "UTF-16 or UTF-32", id="utf16-be"),
+        pytest.param(lambda text: text.encode("utf-32"), "byte-order mark", id="utf32-bom"),
+        pytest.param(lambda text: text.encode("utf-32-be"), "UTF-16 or UTF-32", id="utf32-be"),
+        pytest.param(lambda text: text.encode("latin-1") + b"\xe9", "UTF-8", id="latin-1"),
+    ],
+)
+def test_only_utf8_without_a_byte_order_mark_is_read(encode_text: Any, problem: str) -> None:
+    text = encode(example()).decode()
+    assert parse_manifest(text.encode()).job_id == 42  # the same document in UTF-8 is fine
+
+    with pytest.raises(ManifestError, match=problem):
+        parse_manifest(encode_text(text))
+
+
+@pytest.mark.parametrize("repeated", ["job_id", "sha256"])
+def test_a_key_repeated_in_one_object_is_rejected_naming_it(repeated: str) -> None:
+    text = encode(example()).decode()
+    if repeated == "job_id":
+        raw = text.replace('"job_id": 42', '"job_id": 42, "job_id": 43')
+    else:
+        raw = text.replace(f'"sha256": "{SHA_BEST}"', f'"sha256": "{SHA_BEST}", "sha256": "{SHA_LAST}"')
+    assert raw != text
+
+    with pytest.raises(ManifestError, match=f"'{repeated}' appears more than once"):
+        parse_manifest(raw.encode())
+
+
+@pytest.mark.parametrize(
     ("path", "value", "problem"),
     [
         pytest.param("schema_version", DELETE, "schema_version", id="schema_version-missing"),
@@ -238,6 +271,7 @@ def test_rejects_documents_that_are_not_a_json_object(raw: bytes, problem: str) 
         pytest.param("checkpoints.best.size", DELETE, "checkpoints.best.size", id="size-missing"),
         pytest.param("checkpoints.last.size", "5411290", "checkpoints.last.size", id="size-string"),
         pytest.param("checkpoints.last.epoch", -1, "checkpoints.last.epoch", id="epoch-negative"),
+        pytest.param("checkpoints.best.epoch", 0, "checkpoints.best.epoch", id="epoch-zero"),
         pytest.param("finished_at", "2025-11-05T14:30:00", "finished_at", id="finished_at-without-zone"),
         pytest.param("finished_at", "yesterday", "finished_at", id="finished_at-not-a-date"),
         pytest.param("metric.mode", "maximize", "metric.mode", id="metric-mode-unknown"),

@@ -169,7 +169,6 @@ HISTORY = rows((1, 0.30), (2, 0.90), (3, 0.50), (4, 0.20))  # max: 2, min: 4, la
         pytest.param(manifest("min", best=None, last=None), HISTORY, {"best": 4, "last": 4}, id="derived-min"),
         pytest.param(manifest(best=3, last=None), HISTORY, {"best": 3, "last": 4}, id="best-given-last-derived"),
         pytest.param(manifest(best=None, last=9), HISTORY, {"best": 2, "last": 9}, id="best-derived-last-given"),
-        pytest.param(manifest(best=0, last=0), HISTORY, {"best": 0, "last": 0}, id="epoch-zero-is-known"),
         pytest.param(manifest(last=None), HISTORY, {"last": 4}, id="only-last-listed"),
         pytest.param(manifest(best=None), HISTORY, {"best": 2}, id="only-best-listed"),
         pytest.param(manifest(), HISTORY, {}, id="nothing-listed"),

@@ -50,3 +50,13 @@ def test_a_trainer_that_decides_the_best_itself_is_believed():
     tracker.report(1, 0.9, is_best=True)
     tracker.report(2, 0.99, is_best=False)
     assert (tracker.best_epoch, tracker.last_epoch) == (1, 2)
+
+
+@pytest.mark.parametrize("epoch", [0, -1, 2**31, 1.0, True])
+def test_an_epoch_the_manifest_could_not_carry_is_refused_when_reported(epoch):
+    tracker = EpochTracker()
+    with pytest.raises(ValueError, match="1-based"):
+        tracker.report(epoch, 0.5)
+    with pytest.raises(ValueError, match="1-based"):
+        tracker.would_be_best(epoch, 0.5)
+    assert tracker.last_epoch is None

@@ -297,9 +297,12 @@ def test_unknown_shapes_are_unrecognised_with_a_helpful_message(event: dict[str,
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        pytest.param("not json", "not JSON", id="text"),
-        pytest.param("", "not JSON", id="empty"),
-        pytest.param('{"Records": [', "not JSON", id="truncated"),
+        pytest.param("not json", "not valid JSON", id="text"),
+        pytest.param("", "not valid JSON", id="empty"),
+        pytest.param('{"Records": [', "not valid JSON", id="truncated"),
+        pytest.param("[" * 100_000 + "]" * 100_000, "nests too deeply", id="deeply-nested"),
+        pytest.param("1" * 5000, "not usable JSON", id="integer-too-long"),
+        pytest.param('{"Event": "s3:TestEvent", "Event": "x"}', "'Event' appears more than once", id="repeated-key"),
         pytest.param("[]", "JSON object", id="array"),
         pytest.param("null", "JSON object", id="null"),
         pytest.param('"staging/projects/7/jobs/42/attempts/1/manifest.json"', "JSON object", id="string"),
@@ -325,6 +328,14 @@ def test_unusable_sqs_bodies_are_unrecognised(body: str, message: str) -> None:
         pytest.param({"action": "reprocess", "job_id": 42, "attempt": 1.5}, "attempt", id="attempt-float"),
         pytest.param({"action": "reprocess", "job_id": 42, "force": True}, "force", id="extra-field"),
         pytest.param({"action": "reprocess", "job_id": 42, "dryrun": True}, "dryrun", id="misspelt-dry_run"),
+        pytest.param({"action": "reprocess", "job_id": 2**31}, "job_id", id="job_id-over-32-bit"),
+        pytest.param(
+            {"action": "reprocess", "project_id": 2**31, "job_id": 42}, "project_id", id="project-over-32-bit"
+        ),
+        pytest.param({"action": "reprocess", "job_id": 42, "attempt": 2**31}, "attempt", id="attempt-over-32-bit"),
+        pytest.param({"action": "reprocess", "job_id": 42, "dry_run": "false"}, "dry_run", id="dry_run-string"),
+        pytest.param({"action": "reprocess", "job_id": 42, "dry_run": 0}, "dry_run", id="dry_run-zero"),
+        pytest.param({"action": "reprocess", "job_id": 42, "dry_run": None}, "dry_run", id="dry_run-null"),
     ],
 )
 def test_invalid_reprocess_events_are_unrecognised_naming_the_field(event: dict[str, Any], field: str) -> None:

@@ -28,7 +28,7 @@ from ckpt.db import migrate
 from ckpt.db.store import PromotionStore
 from ckpt.errors import ConfigurationError, Rejected, TransientError
 from ckpt.fetch import fetch_checkpoint
-from ckpt.keys import AttemptRef, JobRef
+from ckpt.keys import MAX_ID, AttemptRef, JobRef, check_id
 from ckpt.manifest import Metric
 from ckpt.outcome import Status
 from ckpt.service import build_promoter, engine_from_settings, s3_client
@@ -43,6 +43,16 @@ def _read_secret(arn: str) -> str:
     return str(boto3.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"])
 
 
+def _id(text: str) -> int:
+    """An id, attempt or epoch: a plain integer from 1 to MAX_ID (the platform's 32-bit columns; epochs 1-based)."""
+    try:
+        value = int(text)
+        check_id("value", value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to {MAX_ID}, got {text!r}") from None
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ckpt", description="Checkpoint promotion tool.")
     parser.add_argument("--database-url", help="SQLAlchemy URL; overrides DATABASE_URL")
@@ -54,31 +64,31 @@ def _parser() -> argparse.ArgumentParser:
     db.add_parser("current", help="print the current and the newest schema revision")
 
     reprocess = commands.add_parser("reprocess", help="re-run the promotion of a job's newest (or given) attempt")
-    reprocess.add_argument("--project-id", type=int, default=None, help="omit for test jobs")
-    reprocess.add_argument("--job-id", type=int, required=True)
-    reprocess.add_argument("--attempt", type=int, default=None)
+    reprocess.add_argument("--project-id", type=_id, default=None, help="omit for test jobs")
+    reprocess.add_argument("--job-id", type=_id, required=True)
+    reprocess.add_argument("--attempt", type=_id, default=None)
     reprocess.add_argument("--dry-run", action="store_true", help="verify and show the plan; copy and write nothing")
 
     history = commands.add_parser("history", help="recorded promotion outcomes, newest first")
-    history.add_argument("--job-id", type=int, default=None)
+    history.add_argument("--job-id", type=_id, default=None)
     history.add_argument("--limit", type=int, default=20)
 
     stage = commands.add_parser("stage", help="stage a run's best.pt/last.pt and write its manifest")
-    stage.add_argument("--project-id", type=int, default=None, help="omit for test jobs")
-    stage.add_argument("--job-id", type=int, required=True)
+    stage.add_argument("--project-id", type=_id, default=None, help="omit for test jobs")
+    stage.add_argument("--job-id", type=_id, required=True)
     stage.add_argument("--weights-dir", type=Path, required=True, help="the folder holding best.pt / last.pt")
     stage.add_argument("--status", choices=["completed", "interrupted", "failed"], required=True)
-    stage.add_argument("--attempt", type=int, default=None, help="default: CKPT_ATTEMPT, else the next attempt")
-    stage.add_argument("--best-epoch", type=int, default=None, help="default: the database's best epoch")
-    stage.add_argument("--last-epoch", type=int, default=None, help="default: the database's highest epoch")
+    stage.add_argument("--attempt", type=_id, default=None, help="default: CKPT_ATTEMPT, else the next attempt")
+    stage.add_argument("--best-epoch", type=_id, default=None, help="default: the database's best epoch")
+    stage.add_argument("--last-epoch", type=_id, default=None, help="default: the database's highest epoch")
     stage.add_argument("--metric-name", default=None)
     stage.add_argument("--metric-mode", choices=["max", "min"], default="max")
     stage.add_argument("--error", default=None, help="what went wrong, for a failed run")
     stage.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
 
     fetch = commands.add_parser("fetch", help="download a job's promoted checkpoint, verified")
-    fetch.add_argument("--project-id", type=int, default=None, help="omit for test jobs")
-    fetch.add_argument("--job-id", type=int, required=True)
+    fetch.add_argument("--project-id", type=_id, default=None, help="omit for test jobs")
+    fetch.add_argument("--job-id", type=_id, required=True)
     fetch.add_argument("--which", choices=["last", "best"], default="last")
     fetch.add_argument("-o", "--output", type=Path, default=Path("."), help="a file, or a folder (default: .)")
     return parser

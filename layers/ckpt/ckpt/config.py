@@ -7,10 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 
+from ckpt.db.engine import check_database_url, parse_database_url
 from ckpt.errors import ConfigurationError
 from ckpt.keys import Layout
+from ckpt.profiles import StorageProfile, profile_for
 
 DEFAULT_BUCKET = "vision-platform-prod"
 
@@ -26,6 +28,8 @@ class Settings:
     staging_prefix: str = "staging/"
     canonical_prefix: str = "checkpoints/"
     uri_scheme: str = "r2"
+    # "s3" or "r2": whose documented limits every storage call respects; None = decided by the endpoint.
+    storage_profile: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -41,7 +45,14 @@ class Settings:
             staging_prefix=value("STAGING_PREFIX", "staging/") or "staging/",
             canonical_prefix=value("CANONICAL_PREFIX", "checkpoints/") or "checkpoints/",
             uri_scheme=value("CHECKPOINT_URI_SCHEME", "r2") or "r2",
+            storage_profile=value("STORAGE_PROFILE"),
         )
+
+    def profile(self) -> StorageProfile:
+        try:
+            return profile_for(self.storage_profile, self.endpoint_url)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
 
     def layout(self) -> Layout:
         try:
@@ -78,19 +89,49 @@ def storage_credentials_from_secret(secret: str | Mapping[str, Any]) -> dict[str
 
 
 def database_url_from_secret(secret: str | Mapping[str, Any]) -> URL:
-    """A pg8000 URL from a Secrets Manager secret in the RDS layout
-    (``username``, ``password``, ``host``, ``port``, ``dbname``), or one that holds a ``url``."""
+    """A pg8000 URL from a Secrets Manager secret in the RDS layout (``username``, ``password``, ``host``,
+    ``port``, ``dbname``, and optionally ``sslmode``, ``sslrootcert``), or one that holds a ``url``.
+    Every problem is a ConfigurationError that names the field and never quotes the password."""
     document = _json_object(secret, "database (RDS layout, or one with a 'url' field)")
     if document.get("url"):
-        return make_url(document["url"])
+        if not isinstance(document["url"], str):
+            raise ConfigurationError("database secret: url must be a string")
+        return parse_database_url(document["url"], "the database secret's url")
+    engine = document.get("engine")
+    if engine is not None and "postgres" not in str(engine).lower():
+        raise ConfigurationError(f"database secret is for engine {engine!r}: only PostgreSQL is supported")
     missing = [name for name in ("username", "password", "host") if not document.get(name)]
     if missing:
         raise ConfigurationError(f"database secret lacks {', '.join(missing)}")
-    return URL.create(
+    not_text = [name for name in (*SECRET_TEXT_FIELDS, *SECRET_TLS_FIELDS) if _present_but_not_text(document, name)]
+    if not_text:
+        raise ConfigurationError(f"database secret: {', '.join(not_text)} must be JSON strings")
+    url = URL.create(
         "postgresql+pg8000",
         username=document["username"],
         password=document["password"],
         host=document["host"],
-        port=int(document.get("port") or 5432),
+        port=_secret_port(document.get("port")),
         database=document.get("dbname") or document.get("database") or "postgres",
+        query={name: document[name] for name in SECRET_TLS_FIELDS if document.get(name)},
     )
+    return check_database_url(url, "the database secret")
+
+
+SECRET_TEXT_FIELDS = ("username", "password", "host", "dbname", "database")
+SECRET_TLS_FIELDS = ("sslmode", "sslrootcert")  # "the secret can require TLS": libpq's names and meanings
+
+
+def _present_but_not_text(document: Mapping[str, Any], name: str) -> bool:
+    return document.get(name) is not None and not isinstance(document[name], str)
+
+
+def _secret_port(value: Any) -> int:
+    """The RDS layout's port: a JSON number or a string of digits; absent means PostgreSQL's 5432."""
+    if value is None or value == "":
+        return 5432
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535:
+        return value
+    raise ConfigurationError(f"database secret: port {value!r} is not a number from 1 to 65535")

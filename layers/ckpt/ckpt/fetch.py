@@ -43,7 +43,8 @@ def fetch_checkpoint(client: Any, layout: Layout, job: JobRef, name: CheckpointN
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as tmp:
         try:
-            sha256, size = storage.stream_sha256(key, info.etag, sink=tmp.write)
+            streamed = storage.stream_digests(key, info.etag, sink=tmp.write)
+            sha256, size = streamed.sha256, streamed.length
             tmp.flush()
             os.fsync(tmp.fileno())
         except BaseException:

@@ -6,12 +6,12 @@ Both sides use the same model, so a manifest the trainer writes is one the funct
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
+from ckpt import strict_json
 from ckpt.errors import describe
 from ckpt.keys import CHECKPOINT_NAMES, MAX_ID, AttemptRef, CheckpointName, JobRef
 
@@ -19,7 +19,8 @@ SCHEMA_VERSION = 1
 MAX_MANIFEST_BYTES = 64 * 1024
 
 PositiveId = Annotated[int, Field(strict=True, gt=0, le=MAX_ID)]
-Epoch = Annotated[int, Field(strict=True, ge=0, le=MAX_ID)]
+# 1-based, as in Ultralytics' results.csv: the first epoch is 1.
+Epoch = Annotated[int, Field(strict=True, ge=1, le=MAX_ID)]
 # The pattern is checked before to_lower applies, so it admits upper case too.
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$", to_lower=True)]
 Status = Literal["completed", "interrupted", "failed"]
@@ -83,24 +84,14 @@ class Manifest(_Model):
         return self.model_dump_json(indent=2, exclude_none=False).encode()
 
 
-def _reject_constant(name: str) -> Any:
-    raise ManifestError(f"manifest contains {name}, which is not valid JSON; write null instead")
-
-
 def parse_manifest(raw: bytes) -> Manifest:
     """Parse and validate a manifest, or raise ``ManifestError`` with a reason a person can act on."""
     if len(raw) > MAX_MANIFEST_BYTES:
         raise ManifestError(f"manifest is {len(raw)} bytes; the limit is {MAX_MANIFEST_BYTES} bytes (64 KiB)")
     try:
-        document = json.loads(raw, parse_constant=_reject_constant)
-    except UnicodeDecodeError as exc:
-        raise ManifestError(f"manifest is not UTF-8 text: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"manifest is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise ManifestError("manifest nests too deeply to be a manifest") from None
-    except ValueError as exc:  # e.g. an integer literal longer than Python converts
-        raise ManifestError(f"manifest is not usable JSON: {exc}") from None
+        document = strict_json.loads(raw, "manifest")
+    except strict_json.InvalidJson as exc:
+        raise ManifestError(str(exc)) from None
     if not isinstance(document, dict):
         raise ManifestError(f"manifest must be a JSON object, got {type(document).__name__}")
     version = document.get("schema_version")

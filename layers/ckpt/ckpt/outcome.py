@@ -10,6 +10,9 @@ from ckpt.keys import AttemptRef, CheckpointName
 
 # Where a file's SHA-256 came from: the store's own checksum, or hashing the bytes as they streamed by.
 ChecksumSource = Literal["store", "stream"]
+# What showed a canonical copy holds the verified bytes: a SHA-256 the store computed over the copy, its
+# size, its content-MD5 ETag.
+CopyEvidence = Literal["sha256", "size", "md5"]
 
 
 class Status(enum.StrEnum):
@@ -33,6 +36,8 @@ class FileReport:
     staged_key: str
     canonical_uri: str
     epoch: int | None
+    copy_verified_by: tuple[CopyEvidence, ...] = ()
+    canonical_version_id: str | None = None  # in a versioned bucket: exactly the bytes this promotion wrote
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,8 @@ class Outcome:
                     "staged_key": f.staged_key,
                     "canonical_uri": f.canonical_uri,
                     "epoch": f.epoch,
+                    "copy_verified_by": list(f.copy_verified_by),
+                    "canonical_version_id": f.canonical_version_id,
                 }
                 for name, f in self.files.items()
             },

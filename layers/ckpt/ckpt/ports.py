@@ -25,7 +25,29 @@ class ObjectInfo:
     # in one part); None for multipart uploads (their checksum is a checksum of checksums) and stores
     # that keep none.
     sha256: str | None
+    # Hex MD5 of the bytes when the ETag is one (single-request objects without KMS or customer keys).
+    md5: str | None
     metadata: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class CopiedObject:
+    """What the store says of a copy it just made: only evidence that describes the copy itself."""
+
+    key: str
+    size: int | None  # None when the store's answer to the copy did not say
+    sha256: str | None  # computed by the store over the copied bytes (never a checksum copied from the source)
+    md5: str | None  # the destination's ETag, when that ETag is a content MD5
+    version_id: str | None = None  # the version the copy wrote, in a versioned bucket
+
+
+@dataclass(frozen=True)
+class StreamedDigests:
+    """Digests of an object's bytes as they streamed by."""
+
+    sha256: str
+    md5: str
+    length: int
 
 
 class Storage(Protocol):
@@ -33,8 +55,8 @@ class Storage(Protocol):
 
     def head(self, key: str) -> ObjectInfo: ...
     def read(self, key: str, max_bytes: int) -> tuple[bytes, str]: ...
-    def stream_sha256(self, key: str, etag: str) -> tuple[str, int]: ...
-    def copy(self, source_key: str, source_etag: str, dest_key: str, metadata: Mapping[str, str]) -> ObjectInfo: ...
+    def stream_digests(self, key: str, etag: str) -> StreamedDigests: ...
+    def copy(self, source: ObjectInfo, dest_key: str, metadata: Mapping[str, str]) -> CopiedObject: ...
     def list_folders(self, prefix: str) -> list[str]: ...
     def exists(self, key: str) -> bool: ...
 

@@ -7,10 +7,11 @@ Order of work, and why:
 1. Parse the key and read the manifest; reject anything the contract rejects (recorded, not retried).
 2. Ask the recorded state without a lock: duplicates and superseded attempts end here, cheaply.
 3. Verify every listed staged file (size, SHA-256) before taking the job's lock.
-4. Under the job's lock: decide again (another worker may have won), copy each verified version
-   (conditional on its ETag) to its canonical key, check the copy, then set the rows, the job state and
-   the record in the same transaction. Holding the lock across the copies is what keeps an older
-   attempt from overwriting a newer one's canonical files.
+4. Under the job's lock: decide again (another worker may have won), confirm the manifest read is still
+   the one in staging (the attempt may have been re-staged), copy each verified version (conditional on its
+   ETag) to its canonical key, check the copy, then set the rows, the job state and the record in the same
+   transaction. Holding the lock across the copies is what keeps an older attempt, or an older version of
+   the same attempt's manifest, from overwriting what a newer one promoted.
 Staged files are never deleted here.
 """
 
@@ -30,8 +31,8 @@ from ckpt.manifest import (
     check_matches_key,
     parse_manifest,
 )
-from ckpt.outcome import ChecksumSource, FileReport, Outcome, Status
-from ckpt.ports import JobTransaction, ObjectInfo, Storage, Store
+from ckpt.outcome import ChecksumSource, CopyEvidence, FileReport, Outcome, Status
+from ckpt.ports import CopiedObject, JobTransaction, ObjectInfo, Storage, Store
 from ckpt.rules import (
     ConflictingJob,
     Decision,
@@ -52,6 +53,9 @@ class VerifiedFile:
     entry: CheckpointEntry
     source: ObjectInfo
     checksum_source: ChecksumSource
+    # The bytes' MD5 when known (the source's ETag is one, or the bytes were hashed): a copy's content ETag
+    # can then be checked against it.
+    md5: str | None
 
 
 class Promoter:
@@ -116,7 +120,7 @@ class Promoter:
     # --- the promotion -------------------------------------------------------------------------------
 
     def _promote(self, base: Outcome, ref: AttemptRef, *, force: bool, dry_run: bool) -> Outcome:
-        manifest, manifest_sha256 = self._read_manifest(base.manifest_key, ref)
+        manifest, manifest_sha256, manifest_etag = self._read_manifest(base.manifest_key, ref)
         base = replace(base, manifest_sha256=manifest_sha256)
 
         early = self._decide(self.store.state(ref.job), ref, manifest_sha256, force)
@@ -134,11 +138,22 @@ class Promoter:
                 return self._logged(self._settle(tx, base, decision, previous))
             if verified is None:
                 verified = self._verify_all(ref, manifest)
+            stale = self._stale_reason(base.manifest_key, manifest_etag)
+            if stale is not None:
+                return self._logged(self._step_aside(tx, base, stale))
             # Everything is read and planned before the first copy changes a canonical key.
             outcome, targets = self._promoted(base, manifest, verified, tx.epoch_metrics(), previous)
-            for file in verified:
-                self._copy(ref, file, manifest_sha256)
-            outcome = replace(outcome, missing_rows=tx.set_checkpoint_paths(outcome.row_paths))
+            copies = {file.name: self._copy(ref, file, manifest_sha256) for file in verified}
+            outcome = replace(
+                outcome,
+                files={
+                    name: replace(
+                        report, copy_verified_by=copies[name].evidence, canonical_version_id=copies[name].version_id
+                    )
+                    for name, report in outcome.files.items()
+                },
+                missing_rows=tx.set_checkpoint_paths(outcome.row_paths),
+            )
             promotion_id = tx.record(outcome)
             state = JobState(
                 project_id=ref.job.project_id, attempt=ref.attempt, manifest_sha256=manifest_sha256, epochs=targets
@@ -146,9 +161,10 @@ class Promoter:
             tx.save_state(state, promotion_id)
         return self._logged(outcome)
 
-    def _read_manifest(self, key: str, ref: AttemptRef) -> tuple[Manifest, str]:
+    def _read_manifest(self, key: str, ref: AttemptRef) -> tuple[Manifest, str, str]:
+        """The manifest, the SHA-256 of its bytes and the ETag of the version read."""
         try:
-            raw, _etag = self.storage.read(key, MAX_MANIFEST_BYTES)
+            raw, etag = self.storage.read(key, MAX_MANIFEST_BYTES)
         except ObjectMissing:
             raise Rejected(f"manifest {key} no longer exists") from None
         try:
@@ -156,7 +172,24 @@ class Promoter:
             check_matches_key(manifest, ref)
         except ManifestError as exc:
             raise Rejected(str(exc)) from None
-        return manifest, hashlib.sha256(raw).hexdigest()
+        return manifest, hashlib.sha256(raw).hexdigest(), etag
+
+    def _stale_reason(self, key: str, etag_read: str) -> tuple[Status, str] | None:
+        """Why the manifest read is no longer the one in staging, or None while it still is.
+
+        Asked under the job's lock, just before the copies: a trainer may have re-staged the attempt (a new
+        manifest at the same key) after this worker read it, and a worker on the new version may even have
+        promoted it already. The old version must not be promoted over it; the new one has its own event."""
+        try:
+            current = self.storage.head(key).etag
+        except ObjectMissing:
+            return Status.REJECTED, f"manifest {key} was deleted after it was read; nothing promoted"
+        if current != etag_read:
+            return Status.SUPERSEDED, (
+                f"manifest {key} was re-staged after it was read (ETag {etag_read} is now {current}); "
+                "the new version is promoted on its own event"
+            )
+        return None
 
     @staticmethod
     def _decide(state: JobState | None, ref: AttemptRef, sha256: str, force: bool) -> Decision:
@@ -178,23 +211,23 @@ class Promoter:
             raise Rejected(f"{name}.pt is {info.size} bytes in storage, the manifest says {entry.size}")
         checksum_source: ChecksumSource
         if info.sha256 is not None:
-            sha256, checksum_source = info.sha256, "store"
+            sha256, md5, checksum_source = info.sha256, info.md5, "store"
         else:
             try:
-                sha256, length = self.storage.stream_sha256(key, info.etag)
+                streamed = self.storage.stream_digests(key, info.etag)
             except ObjectMissing:
                 raise ObjectChanged(f"{key} disappeared while it was being verified") from None
-            checksum_source = "stream"
-            if length != entry.size:
-                raise Rejected(f"{name}.pt streamed {length} bytes, the manifest says {entry.size}")
+            sha256, md5, checksum_source = streamed.sha256, streamed.md5, "stream"
+            if streamed.length != entry.size:
+                raise Rejected(f"{name}.pt streamed {streamed.length} bytes, the manifest says {entry.size}")
         if sha256 != entry.sha256:
             raise Rejected(
                 f"{name}.pt SHA-256 is {sha256} ({'store checksum' if checksum_source == 'store' else 'hashed'}),"
                 f" the manifest says {entry.sha256}"
             )
-        return VerifiedFile(name=name, entry=entry, source=info, checksum_source=checksum_source)
+        return VerifiedFile(name=name, entry=entry, source=info, checksum_source=checksum_source, md5=md5)
 
-    def _copy(self, ref: AttemptRef, file: VerifiedFile, manifest_sha256: str) -> None:
+    def _copy(self, ref: AttemptRef, file: VerifiedFile, manifest_sha256: str) -> CopyCheck:
         dest_key = self.layout.canonical_key(ref.job, file.name)
         metadata = {
             "sha256": file.entry.sha256,
@@ -202,13 +235,14 @@ class Promoter:
             "manifest-sha256": manifest_sha256,
         }
         try:
-            copied = self.storage.copy(file.source.key, file.source.etag, dest_key, metadata)
+            copied = self.storage.copy(file.source, dest_key, metadata)
         except ObjectMissing:
             raise ObjectChanged(f"{file.source.key} disappeared while it was being promoted") from None
-        problem = copy_problem(file, copied)
-        if problem:
+        check = check_copy(file, copied)
+        if check.problem:
             # Left for a retry: the database still points at the previous promotion.
-            raise ObjectChanged(f"copy of {file.source.key} to {dest_key} failed verification: {problem}")
+            raise ObjectChanged(f"copy of {file.source.key} to {dest_key} failed verification: {check.problem}")
+        return replace(check, version_id=copied.version_id)
 
     # --- outcomes ------------------------------------------------------------------------------------
 
@@ -263,6 +297,13 @@ class Promoter:
         return outcome
 
     @staticmethod
+    def _step_aside(tx: JobTransaction, base: Outcome, why: tuple[Status, str]) -> Outcome:
+        status, reason = why
+        outcome = replace(base, status=status, reason=reason)
+        tx.record(outcome)
+        return outcome
+
+    @staticmethod
     def _not_promoted(base: Outcome, decision: Decision) -> Outcome:
         if decision is Decision.DUPLICATE:
             return replace(base, status=Status.DUPLICATE, reason="this manifest was already promoted")
@@ -271,7 +312,12 @@ class Promoter:
     def _finish(self, outcome: Outcome, dry_run: bool) -> Outcome:
         """Record an outcome reached without the job's lock (rejections, duplicates, superseded)."""
         if outcome.status is not Status.IGNORED and not dry_run:
-            self.store.record(outcome)
+            try:
+                self.store.record(outcome)
+            except Rejected as exc:
+                # The database refuses even the bounded record. The outcome stands and the log keeps it: a
+                # retry could only fail the same way, and must not park garbage in the dead-letter queue.
+                log.error("could not record the outcome of %r: %s", outcome.manifest_key, exc.reason)
         return self._logged(outcome)
 
     @staticmethod
@@ -281,10 +327,30 @@ class Promoter:
         return outcome
 
 
-def copy_problem(file: VerifiedFile, copied: ObjectInfo) -> str | None:
-    """Why a canonical copy does not match what was verified, or None when it does."""
-    if copied.size != file.entry.size:
-        return f"{copied.size} bytes, expected {file.entry.size}"
-    if copied.sha256 is not None and copied.sha256 != file.entry.sha256:
-        return f"store checksum {copied.sha256}, expected {file.entry.sha256}"
-    return None
+@dataclass(frozen=True)
+class CopyCheck:
+    problem: str | None  # why the copy does not match what was verified; None when it does
+    evidence: tuple[CopyEvidence, ...]  # what showed that it does
+    version_id: str | None = None  # the version the copy wrote, in a versioned bucket
+
+
+def check_copy(file: VerifiedFile, copied: CopiedObject) -> CopyCheck:
+    """Check a canonical copy against the verified file, with only what describes the copy itself: the
+    SHA-256 the store computed over the copied bytes, the size, and a content-MD5 ETag against the bytes'
+    MD5 when both are known. A checksum copied from the source proves nothing and never reaches here."""
+    evidence: list[CopyEvidence] = []
+    if copied.sha256 is not None:
+        if copied.sha256 != file.entry.sha256:
+            return CopyCheck(f"store-computed SHA-256 {copied.sha256}, expected {file.entry.sha256}", ())
+        evidence.append("sha256")
+    if copied.size is not None:
+        if copied.size != file.entry.size:
+            return CopyCheck(f"{copied.size} bytes, expected {file.entry.size}", ())
+        evidence.append("size")
+    if copied.md5 is not None and file.md5 is not None:
+        if copied.md5 != file.md5:
+            return CopyCheck(f"content MD5 (ETag) {copied.md5}, expected {file.md5}", ())
+        evidence.append("md5")
+    if not evidence:
+        return CopyCheck("the store reported neither a checksum nor a size for the copy", ())
+    return CopyCheck(None, tuple(evidence))

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sqlalchemy import Engine
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 
 from ckpt.config import Settings, database_url_from_secret, storage_credentials_from_secret
-from ckpt.db.engine import make_engine
+from ckpt.db.engine import make_engine, parse_database_url
 from ckpt.db.store import PromotionStore
 from ckpt.errors import ConfigurationError
 from ckpt.promotion import Promoter
@@ -18,8 +18,9 @@ SecretReader = Callable[[str], str]
 
 
 def database_url(settings: Settings, read_secret: SecretReader | None = None) -> URL:
+    """The checked database URL; any problem with it is a ConfigurationError that never shows the password."""
     if settings.database_url:
-        return make_url(settings.database_url)
+        return parse_database_url(settings.database_url, "DATABASE_URL")
     if settings.database_secret_arn:
         if read_secret is None:
             raise ConfigurationError("DATABASE_SECRET_ARN is set but no secret reader was given")
@@ -31,6 +32,8 @@ def database_url(settings: Settings, read_secret: SecretReader | None = None) ->
 
 
 def engine_from_settings(settings: Settings, read_secret: SecretReader | None = None) -> Engine:
+    """The engine, made without connecting: a malformed URL, an unsupported database or an unreadable
+    sslrootcert raise ConfigurationError here; TLS failures that only a server can reveal do at first connect."""
     return make_engine(database_url(settings, read_secret))
 
 
@@ -48,7 +51,9 @@ def build_promoter(settings: Settings, engine: Engine, read_secret: SecretReader
     store = PromotionStore(engine)
     check_schema(store)
     client = s3_client(settings, read_secret)
-    return Promoter(layout=settings.layout(), storage=S3Storage(client, settings.bucket), store=store)
+    return Promoter(
+        layout=settings.layout(), storage=S3Storage(client, settings.bucket, profile=settings.profile()), store=store
+    )
 
 
 def check_schema(store: PromotionStore) -> None:

@@ -20,7 +20,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ckpt.errors import ObjectChanged, ObjectMissing, StorageUnavailable
-from ckpt.ports import ObjectInfo
+from ckpt.ports import CopiedObject, ObjectInfo, StreamedDigests
+from ckpt.profiles import S3, StorageProfile
 
 MiB = 1024 * 1024
 HASH_CHUNK_BYTES = 8 * MiB  # memory used by the streaming hash, whatever the file's size
@@ -75,6 +76,13 @@ def translated_errors(key: str) -> Iterator[None]:
         raise StorageUnavailable(f"{type(exc).__name__} on {key}: {exc}") from exc
 
 
+def _base64_hex(value: str) -> str | None:
+    try:
+        return base64.b64decode(value, validate=True).hex()
+    except (binascii.Error, ValueError):
+        return None
+
+
 def _sha256_hex(response: Mapping[str, Any]) -> str | None:
     """The whole object's SHA-256 from a HEAD response, or None when the store has none to offer.
 
@@ -86,28 +94,63 @@ def _sha256_hex(response: Mapping[str, Any]) -> str | None:
         return None
     if "-" in response.get("ETag", ""):
         return None
-    try:
-        return base64.b64decode(checksum, validate=True).hex()
-    except (binascii.Error, ValueError):
+    return _base64_hex(checksum)
+
+
+# Server-side encryption with KMS keys or customer keys gives objects ETags that are not their MD5.
+_OPAQUE_ETAG_ENCRYPTION = frozenset({"aws:kms", "aws:kms:dsse"})
+
+
+def _content_md5(etag: str | None, response: Mapping[str, Any]) -> str | None:
+    """The object's MD5 (hex) when its ETag is one, else None.
+
+    S3 documents when that is so: an object written in one request (PUT, POST or copy), unencrypted or with
+    SSE-S3, has the MD5 of its bytes as ETag; a multipart ETag ('…-N') and the ETags of SSE-KMS and SSE-C
+    objects are not content hashes. R2 follows the same rule for single-request objects."""
+    value = (etag or "").strip('"').lower()
+    if len(value) != 32 or any(c not in "0123456789abcdef" for c in value):
         return None
+    if response.get("ServerSideEncryption") in _OPAQUE_ETAG_ENCRYPTION or response.get("SSECustomerAlgorithm"):
+        return None
+    return value
+
+
+def _copy_sha256(result: Mapping[str, Any], requested: bool) -> str | None:
+    """The SHA-256 the store computed over the bytes it copied, or None.
+
+    Only a checksum the copy request asked for is one the store computed for this object: without
+    x-amz-checksum-algorithm, S3 copies the source's checksum (a checksum of parts, for a multipart source,
+    unmarked by some stores), and R2 has been seen to report a destination checksum that does not describe
+    the copied body. A composite value ('-N', or ChecksumType COMPOSITE) is never the file's SHA-256."""
+    checksum = result.get("ChecksumSHA256")
+    if not requested or not checksum or "-" in checksum:
+        return None
+    if result.get("ChecksumType") not in (None, "FULL_OBJECT"):
+        return None
+    return _base64_hex(checksum)
 
 
 class S3Storage:
-    """One bucket of an S3-compatible store."""
+    """One bucket of an S3-compatible store, used within the limits its ``profile`` documents."""
 
     def __init__(
         self,
         client: Any,
         bucket: str,
         *,
-        multipart_threshold: int = 256 * MiB,
+        profile: StorageProfile = S3,
+        multipart_copy_threshold: int | None = None,
         multipart_chunksize: int = 64 * MiB,
         max_concurrency: int = 8,
     ) -> None:
         self._s3 = client
         self.bucket = bucket
+        self.profile = profile
+        # One CopyObject up to the store's single-request limit: one request, conditional on the source's
+        # ETag everywhere, and (on S3) a checksum computed over the copy. Parts only beyond it.
+        self.multipart_copy_threshold = multipart_copy_threshold or profile.max_copy_object_bytes
         self._transfer = TransferConfig(
-            multipart_threshold=multipart_threshold,
+            multipart_threshold=self.multipart_copy_threshold,
             multipart_chunksize=multipart_chunksize,
             max_concurrency=max_concurrency,
         )
@@ -120,6 +163,7 @@ class S3Storage:
             size=int(response["ContentLength"]),
             etag=response["ETag"],
             sha256=_sha256_hex(response),
+            md5=_content_md5(response["ETag"], response),
             metadata=response.get("Metadata", {}),
         )
 
@@ -135,36 +179,66 @@ class S3Storage:
                 response = self._s3.get_object(Bucket=self.bucket, Key=key)
             return response["Body"].read(), response["ETag"]
 
-    def stream_sha256(self, key: str, etag: str, sink: Callable[[bytes], object] | None = None) -> tuple[str, int]:
-        """SHA-256 and length of exactly the version ``etag``, read in fixed-size chunks (each also handed
-        to ``sink``, when given: a download hashes in the pass that writes it)."""
-        digest = hashlib.sha256()
+    def stream_digests(self, key: str, etag: str, sink: Callable[[bytes], object] | None = None) -> StreamedDigests:
+        """SHA-256, MD5 and length of exactly the version ``etag``, read in fixed-size chunks (each also
+        handed to ``sink``, when given: a download hashes in the pass that writes it). The MD5 costs little
+        more in the same pass and lets the copy be checked against the destination's ETag."""
+        sha256 = hashlib.sha256()
+        md5 = hashlib.md5(usedforsecurity=False)
         length = 0
         with translated_errors(key):
             response = self._s3.get_object(Bucket=self.bucket, Key=key, IfMatch=etag)
             for chunk in response["Body"].iter_chunks(HASH_CHUNK_BYTES):
-                digest.update(chunk)
+                sha256.update(chunk)
+                md5.update(chunk)
                 length += len(chunk)
                 if sink is not None:
                     sink(chunk)
-        return digest.hexdigest(), length
+        return StreamedDigests(sha256=sha256.hexdigest(), md5=md5.hexdigest(), length=length)
 
-    def copy(self, source_key: str, source_etag: str, dest_key: str, metadata: Mapping[str, str]) -> ObjectInfo:
-        """Server-side copy of exactly the version ``source_etag`` (CopyObject, or multipart
-        UploadPartCopy above the threshold), then the destination as the store now reports it."""
-        with translated_errors(source_key):
-            self._s3.copy(
-                CopySource={"Bucket": self.bucket, "Key": source_key},
-                Bucket=self.bucket,
-                Key=dest_key,
-                ExtraArgs={
-                    "CopySourceIfMatch": source_etag,
-                    "Metadata": dict(metadata),
-                    "MetadataDirective": "REPLACE",
-                },
-                Config=self._transfer,
-            )
-        return self.head(dest_key)
+    def copy(self, source: ObjectInfo, dest_key: str, metadata: Mapping[str, str]) -> CopiedObject:
+        """Server-side copy of exactly the version ``source.etag``, and what the store says of the copy.
+
+        Up to the profile's single-request limit this is one CopyObject (asking the store for a checksum of
+        the copy where the profile allows it); above it, a multipart UploadPartCopy. What is reported comes
+        from the store's answer to this copy, or from a HEAD of the destination when that answer says
+        too little, and never includes a checksum the store merely copied from the source."""
+        args = {
+            "CopySource": {"Bucket": self.bucket, "Key": source.key},
+            "Bucket": self.bucket,
+            "Key": dest_key,
+            "CopySourceIfMatch": source.etag,
+            "Metadata": dict(metadata),
+            "MetadataDirective": "REPLACE",
+        }
+        with translated_errors(source.key):
+            if source.size > self.multipart_copy_threshold:
+                extra = {name: value for name, value in args.items() if name not in {"CopySource", "Bucket", "Key"}}
+                self._s3.copy(
+                    CopySource=args["CopySource"],
+                    Bucket=self.bucket,
+                    Key=dest_key,
+                    ExtraArgs=extra,
+                    Config=self._transfer,
+                )
+                response: Mapping[str, Any] = {}
+            else:
+                algorithm = self.profile.copy_checksum_algorithm
+                response = self._s3.copy_object(**args, **({"ChecksumAlgorithm": algorithm} if algorithm else {}))
+        result = response.get("CopyObjectResult", {})
+        sha256 = _copy_sha256(result, requested=self.profile.copy_checksum_algorithm is not None)
+        if sha256 is not None:
+            md5 = _content_md5(result.get("ETag"), response)
+            return CopiedObject(key=dest_key, size=None, sha256=sha256, md5=md5, version_id=response.get("VersionId"))
+        with translated_errors(dest_key):
+            landed = self._s3.head_object(Bucket=self.bucket, Key=dest_key)
+        return CopiedObject(
+            key=dest_key,
+            size=int(landed["ContentLength"]),
+            sha256=None,  # the destination's checksum, if any, was copied, not computed: no evidence
+            md5=_content_md5(landed["ETag"], landed),
+            version_id=landed.get("VersionId"),
+        )
 
     def list_folders(self, prefix: str) -> list[str]:
         """The immediate sub-folders of ``prefix`` (each ending in '/')."""

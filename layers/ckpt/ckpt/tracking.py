@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ckpt.keys import check_id
 from ckpt.manifest import MetricMode
 from ckpt.rules import EpochMetric, best_epoch
+
+
+def check_epoch(epoch: int) -> None:
+    """Refuse, when it is reported, an epoch the manifest could not carry; rather than lose the run's staging."""
+    try:
+        check_id("epoch", epoch)
+    except ValueError as exc:
+        raise ValueError(f"{exc}: epochs are 1-based, as in Ultralytics' results.csv (report epoch + 1)") from None
 
 
 @dataclass
@@ -20,6 +29,7 @@ class EpochTracker:
 
     def report(self, epoch: int, value: float | None = None, *, is_best: bool | None = None) -> bool:
         """Record an epoch; returns whether it is now the best (the moment to save best.pt)."""
+        check_epoch(epoch)
         self.reports.append(EpochMetric(epoch=epoch, value=value))
         if is_best is not None:
             if is_best:
@@ -29,6 +39,7 @@ class EpochTracker:
 
     def would_be_best(self, epoch: int, value: float | None) -> bool:
         """Whether reporting ``epoch`` with ``value`` would make it the best, without recording it."""
+        check_epoch(epoch)
         return best_epoch([*self.reports, EpochMetric(epoch=epoch, value=value)], self.mode) == epoch
 
     @property

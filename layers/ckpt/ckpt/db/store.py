@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, inspect, or_, select, text, update
+from sqlalchemy import Column, Connection, Engine, insert, inspect, or_, select, text, update
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from ckpt.db.schema import job_state, promotions, validation_results
@@ -152,18 +152,35 @@ def _read_metrics(connection: Connection, job_id: int) -> list[EpochMetric]:
     return [EpochMetric(epoch=epoch, value=value) for epoch, value in connection.execute(query)]
 
 
+def storable(text: str, limit: int | None = None) -> str:
+    """``text`` as a database text column can hold it: NUL (legal in S3 keys, refused by PostgreSQL) and lone
+    surrogates (from JSON escapes) written as backslash escapes, and anything beyond ``limit`` characters cut,
+    with a note of how much. The log keeps the original."""
+    text = text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+    if limit is None or len(text) <= limit:
+        return text
+    # Sized for the largest count it could hold, so the note never pushes the result past the limit.
+    cut = limit - len(f"…[{len(text)} more characters]")
+    return text[:cut] + f"…[{len(text) - cut} more characters]"
+
+
+def _column_text(column: Column[Any], text: str) -> str:
+    return storable(text, getattr(column.type, "length", None))
+
+
 def _insert_record(connection: Connection, outcome: Outcome) -> int:
     ref = outcome.ref
     epochs = {name: report.epoch for name, report in outcome.files.items()}
+    columns = promotions.c
     result = connection.execute(
         insert(promotions)
         .values(
             created_at=datetime.now(UTC),
             outcome=str(outcome.status),
-            reason=outcome.reason,
-            trigger=outcome.trigger,
-            bucket=outcome.bucket,
-            manifest_key=outcome.manifest_key,
+            reason=_column_text(columns.reason, outcome.reason),
+            trigger=_column_text(columns.trigger, outcome.trigger),
+            bucket=_column_text(columns.bucket, outcome.bucket),
+            manifest_key=_column_text(columns.manifest_key, outcome.manifest_key),
             manifest_sha256=outcome.manifest_sha256,
             project_id=ref.job.project_id if ref else None,
             job_id=ref.job.job_id if ref else None,

@@ -1,0 +1,262 @@
+"""template.yaml: the hardening the deployment relies on (least privilege, TLS only, versions, connections, KMS)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).parents[2]
+TEMPLATE = ROOT / "template.yaml"
+
+
+class _CloudFormationLoader(yaml.SafeLoader):
+    """SafeLoader that reads the short forms (!Ref, !Sub, !GetAtt, ...) as their long JSON forms."""
+
+
+def _intrinsic(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    if suffix == "Ref":
+        return {"Ref": value}
+    if suffix == "GetAtt" and isinstance(value, str):
+        value = value.split(".", 1)
+    return {f"Fn::{suffix}": value}
+
+
+_CloudFormationLoader.add_multi_constructor("!", _intrinsic)
+
+
+def _template() -> dict[str, Any]:
+    return yaml.load(TEMPLATE.read_text(), Loader=_CloudFormationLoader)
+
+
+def _resources() -> dict[str, Any]:
+    return _template()["Resources"]
+
+
+def _role_statements() -> list[dict[str, Any]]:
+    [policy] = _resources()["PromoteCheckpointsRole"]["Properties"]["Policies"]
+    return policy["PolicyDocument"]["Statement"]
+
+
+def _conditional_statement(sid: str) -> tuple[str, dict[str, Any]]:
+    """(condition name, statement) of a role statement wrapped in !If [condition, statement, NoValue]."""
+    for entry in _role_statements():
+        if "Fn::If" in entry:
+            condition, statement, otherwise = entry["Fn::If"]
+            if statement.get("Sid") == sid:
+                assert otherwise == {"Ref": "AWS::NoValue"}
+                return condition, statement
+    raise AssertionError(f"no conditional statement {sid}")
+
+
+def _lifecycle_rules() -> list[Any]:
+    return _resources()["CheckpointBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+
+
+def _rule(rule_id: str) -> tuple[str | None, dict[str, Any]]:
+    """(condition name or None, rule) of a lifecycle rule, plain or wrapped in !If."""
+    for entry in _lifecycle_rules():
+        if "Fn::If" in entry:
+            condition, rule, otherwise = entry["Fn::If"]
+            assert otherwise == {"Ref": "AWS::NoValue"}
+            if rule["Id"] == rule_id:
+                return condition, rule
+        elif entry["Id"] == rule_id:
+            return None, entry
+    raise AssertionError(f"no lifecycle rule {rule_id}")
+
+
+def test_the_loader_reads_short_form_intrinsics_as_long_forms():
+    loaded = yaml.load(
+        "a: !Ref X\nb: !GetAtt Res.Arn\nc: !Sub '${X}/*'\n"
+        "d: !If [C, 1, !Ref AWS::NoValue]\ne: !Not [!Equals [!Ref X, '']]",
+        Loader=_CloudFormationLoader,
+    )
+    assert loaded == {
+        "a": {"Ref": "X"},
+        "b": {"Fn::GetAtt": ["Res", "Arn"]},
+        "c": {"Fn::Sub": "${X}/*"},
+        "d": {"Fn::If": ["C", 1, {"Ref": "AWS::NoValue"}]},
+        "e": {"Fn::Not": [{"Fn::Equals": [{"Ref": "X"}, ""]}]},
+    }
+
+
+def test_no_permission_for_get_object_attributes_which_the_code_never_calls():
+    assert "getobjectattributes" not in json.dumps(_template()).lower()
+    read_staging = next(s for s in _role_statements() if s.get("Sid") == "ReadStaging")
+    assert read_staging["Action"] == "s3:GetObject"
+    sources = [*ROOT.glob("functions/**/*.py"), *ROOT.glob("layers/ckpt/ckpt/**/*.py")]
+    assert sources
+    assert not [p for p in sources if "get_object_attributes" in p.read_text()]
+
+
+def test_the_bucket_refuses_requests_without_tls_on_itself_and_its_objects():
+    policy = _resources()["CheckpointBucketPolicy"]
+    assert policy["Type"] == "AWS::S3::BucketPolicy"
+    assert policy["Properties"]["Bucket"] == {"Ref": "CheckpointBucket"}
+    [statement] = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Effect"] == "Deny"
+    assert statement["Principal"] == "*"
+    assert statement["Action"] == "s3:*"
+    assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert statement["Resource"] == [
+        {"Fn::GetAtt": ["CheckpointBucket", "Arn"]},
+        {"Fn::Sub": "${CheckpointBucket.Arn}/*"},
+    ]
+
+
+def test_the_tls_policy_exists_only_when_the_stack_creates_the_bucket_and_outlives_it_like_the_bucket():
+    resources = _resources()
+    template = _template()
+    policy, bucket = resources["CheckpointBucketPolicy"], resources["CheckpointBucket"]
+    assert policy["Condition"] == bucket["Condition"] == "ShouldCreateBucket"
+    assert template["Conditions"]["ShouldCreateBucket"] == {"Fn::Equals": [{"Ref": "CreateBucket"}, "true"]}
+    assert policy["DeletionPolicy"] == bucket["DeletionPolicy"] == "Retain"
+
+
+def test_bucket_versioning_follows_its_parameter_enabled_by_default():
+    parameter = _template()["Parameters"]["BucketVersioning"]
+    assert parameter["Default"] == "Enabled"
+    assert parameter["AllowedValues"] == ["Enabled", "Suspended"]
+    versioning = _resources()["CheckpointBucket"]["Properties"]["VersioningConfiguration"]
+    assert versioning == {"Status": {"Ref": "BucketVersioning"}}
+
+
+def test_noncurrent_checkpoint_versions_expire_after_the_parameters_days_and_current_ones_never():
+    template = _template()
+    parameter = template["Parameters"]["NoncurrentCheckpointDays"]
+    assert parameter["Default"] == 30
+    assert parameter["MinValue"] == 0
+    condition, rule = _rule("expire-noncurrent-checkpoint-versions")
+    assert condition == "ExpiresNoncurrentCheckpoints"
+    # 0 = keep for ever: no rule at all
+    assert template["Conditions"][condition] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "NoncurrentCheckpointDays"}, "0"]}]
+    }
+    assert rule["Prefix"] == {"Ref": "CanonicalPrefix"}
+    assert rule["NoncurrentVersionExpiration"] == {"NoncurrentDays": {"Ref": "NoncurrentCheckpointDays"}}
+    for entry in _lifecycle_rules():
+        some_rule = entry["Fn::If"][1] if "Fn::If" in entry else entry
+        # an Expiration of current versions would delete the checkpoint a row names
+        assert not {"ExpirationInDays", "ExpirationDate", "Transitions"} & some_rule.keys(), some_rule["Id"]
+
+
+def test_noncurrent_staging_versions_and_their_delete_markers_go_after_a_day():
+    condition, rule = _rule("expire-noncurrent-staging-versions")
+    assert condition is None  # also when versioning is suspended: the versions already kept must still go
+    assert rule["Prefix"] == {"Ref": "StagingPrefix"}
+    assert rule["NoncurrentVersionExpiration"] == {"NoncurrentDays": 1}
+    assert rule["ExpiredObjectDeleteMarker"] is True
+
+
+def test_the_sqs_trigger_caps_concurrency_with_the_parameter_default_five():
+    parameter = _template()["Parameters"]["MaximumConcurrency"]
+    assert (parameter["Default"], parameter["MinValue"], parameter["MaxValue"]) == (5, 2, 1000)
+    # at most 3 connections per instance (pool_size=1 + max_overflow=2): the default stays far below ~80
+    assert parameter["Default"] * 3 <= 20
+    function = _resources()["PromoteCheckpointsFunction"]["Properties"]
+    event = function["Events"]["StagingManifest"]
+    assert event["Type"] == "SQS"
+    assert event["Properties"]["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "MaximumConcurrency"}}
+    # the cap is the trigger's, not a reservation that would throttle received messages into the DLQ
+    assert "ReservedConcurrentExecutions" not in function
+
+
+def test_the_transformed_event_source_mapping_carries_the_cap(monkeypatch):
+    from samtranslator.translator.transform import transform
+
+    class NoManagedPolicies:
+        def load(self) -> dict[str, str]:
+            return {}
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    template = _template()
+    # the transform wants uploaded artifacts; sam build/deploy put S3 URIs here
+    template["Resources"]["PromoteCheckpointsFunction"]["Properties"]["CodeUri"] = "s3://artifacts/function.zip"
+    template["Resources"]["CkptLayer"]["Properties"]["ContentUri"] = "s3://artifacts/layer.zip"
+    secret = {"DatabaseSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:db-AbCdEf"}
+    resources = transform(template, secret, NoManagedPolicies())["Resources"]
+    [mapping] = [r for r in resources.values() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
+    assert mapping["Properties"]["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "MaximumConcurrency"}}
+
+
+def test_the_concurrency_arithmetic_matches_the_engine_pool():
+    engine = (ROOT / "layers/ckpt/ckpt/db/engine.py").read_text()
+    assert "pool_size=1," in engine
+    assert "max_overflow=2," in engine
+
+
+def test_kms_keys_are_granted_only_when_named_and_exactly_those():
+    template = _template()
+    parameter = template["Parameters"]["KmsKeyArns"]
+    assert parameter["Type"] == "CommaDelimitedList"
+    assert parameter["Default"] == ""
+    condition, statement = _conditional_statement("UseCustomerManagedKeys")
+    assert condition == "HasKmsKeys"
+    assert template["Conditions"]["HasKmsKeys"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "KmsKeyArns"}]}, ""]}]
+    }
+    assert statement["Effect"] == "Allow"
+    assert sorted(statement["Action"]) == ["kms:Decrypt", "kms:GenerateDataKey"]
+    assert statement["Resource"] == {"Ref": "KmsKeyArns"}
+    assert statement["Condition"] == {
+        "StringEquals": {
+            "kms:ViaService": [
+                {"Fn::Sub": "s3.${AWS::Region}.${AWS::URLSuffix}"},
+                {"Fn::Sub": "secretsmanager.${AWS::Region}.${AWS::URLSuffix}"},
+            ]
+        }
+    }
+
+
+def test_no_other_statement_grants_kms():
+    unconditional = [s for s in _role_statements() if "Fn::If" not in s]
+    conditional = [s["Fn::If"][1] for s in _role_statements() if "Fn::If" in s]
+    kms = [s["Sid"] for s in unconditional + conditional if "kms:" in json.dumps(s["Action"])]
+    assert kms == ["UseCustomerManagedKeys"]
+
+
+@pytest.mark.parametrize(
+    ("value", "allowed"),
+    [
+        ("", True),
+        ("arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab", True),
+        ("arn:aws:kms:eu-west-1:123456789012:key/mrk-1234abcd12ab34cd56ef1234567890ab", True),
+        ("arn:aws:kms:eu-west-1:123456789012:alias/checkpoints", False),
+        ("*", False),
+    ],
+)
+def test_kms_key_arns_accept_key_arns_only(value, allowed):
+    pattern = _template()["Parameters"]["KmsKeyArns"]["AllowedPattern"]
+    assert bool(re.fullmatch(pattern, value)) is allowed
+
+
+def test_sam_validate_lint_passes():
+    sam = shutil.which("sam", path=str(Path(sys.executable).parent)) or shutil.which("sam")
+    if sam is None:
+        pytest.fail("the SAM CLI is not installed (pip install -e '.[dev]')")
+    result = subprocess.run(
+        [sam, "validate", "--lint", "--template-file", str(TEMPLATE)],
+        cwd=ROOT,
+        env={**os.environ, "SAM_CLI_TELEMETRY": "0"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "is a valid SAM Template" in result.stdout + result.stderr
