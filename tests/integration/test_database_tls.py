@@ -5,7 +5,6 @@ a server that refuses TLS is played by a small proxy that answers the TLS reques
 from __future__ import annotations
 
 import contextlib
-import datetime
 import ipaddress
 import socket
 import struct
@@ -23,6 +22,7 @@ from ckpt.db.engine import make_engine
 from ckpt.db.store import PromotionStore
 from ckpt.errors import ConfigurationError
 from tests.conftest import PG_ADMIN_URL
+from tests.support import self_signed_ca_pem
 
 pytestmark = pytest.mark.postgres
 
@@ -105,27 +105,8 @@ def _is_ip(name: str) -> bool:
 @pytest.fixture(scope="session")
 def unrelated_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA that signed nothing the server presents."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Unrelated Test CA")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
     path = tmp_path_factory.mktemp("ca") / "unrelated-ca.pem"
-    path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    path.write_bytes(self_signed_ca_pem("Unrelated Test CA"))
     return path
 
 

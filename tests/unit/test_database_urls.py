@@ -3,7 +3,6 @@ libpq's TLS parameters become pg8000's ssl_context, never raw keywords; the TLS 
 
 from __future__ import annotations
 
-import datetime
 import itertools
 import json
 import ssl
@@ -27,6 +26,7 @@ from ckpt.db.engine import (
 )
 from ckpt.errors import ConfigurationError
 from ckpt.service import database_url, engine_from_settings
+from tests.support import self_signed_ca_pem
 
 # Three tokens no URL part ever contains by chance: if one shows up in a message, a password leaked.
 TOKENS = ("Zq7", "Xw9", "Kp3")
@@ -306,29 +306,6 @@ def test_sslrootcert_replaces_the_system_cas(tmp_path: Path) -> None:
     context = ssl_context_for(TlsPolicy("verify-full", "full", str(bundle)))
     assert context is not None
     assert [dict(item[0] for item in ca["subject"])["commonName"] for ca in context.get_ca_certs()] == ["Test Root CA"]
-
-
-def self_signed_ca_pem(name: str) -> bytes:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return certificate.public_bytes(serialization.Encoding.PEM)
 
 
 # --- connecting by the policy (pg8000 stood in for) ----------------------------------------------------------
