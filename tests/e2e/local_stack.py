@@ -171,10 +171,10 @@ class Pipeline:
 
 
 class FlakyProxy:
-    """An HTTP proxy in front of the store that answers the first ``failures`` PUT requests with ``status``
-    (503 Slow Down, by default) and forwards everything else: a store that fails, then recovers."""
+    """An HTTP proxy in front of the store that answers the first ``failures`` PUT requests with ``status`` and
+    error ``code`` (503 SlowDown, by default) and forwards everything else: a store that fails, then recovers."""
 
-    def __init__(self, upstream: str, failures: int, status: int = 503) -> None:
+    def __init__(self, upstream: str, failures: int, status: int = 503, code: str = "SlowDown") -> None:
         import http.client
         import http.server
         import threading
@@ -200,7 +200,7 @@ class FlakyProxy:
                         proxy.failures_left -= 1
                         proxy.failed += 1
                 if fail:
-                    payload = b"<Error><Code>SlowDown</Code><Message>injected</Message></Error>"
+                    payload = f"<Error><Code>{code}</Code><Message>injected</Message></Error>".encode()
                     self.send_response(status)
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()

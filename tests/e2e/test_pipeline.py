@@ -108,3 +108,24 @@ def test_a_store_that_fails_twice_then_recovers_still_gets_everything_staged(end
         "last.pt",
         "manifest.json",
     ]
+
+
+def test_a_bare_429_is_retried_with_backoff_where_botocores_standard_mode_would_give_up(endpoint, clean_environment):
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+
+    from ckpt.storage import make_client
+    from tests.e2e.local_stack import FlakyProxy
+
+    Pipeline(endpoint, "too-many-requests").create()
+    with FlakyProxy(endpoint, failures=2, status=429, code="TooManyRequests") as proxy:
+        plain = boto3.client("s3", endpoint_url=proxy.endpoint, config=Config(retries={"mode": "standard"}))
+        try:
+            plain.put_object(Bucket="too-many-requests", Key="k", Body=b"x")
+        except ClientError as exc:
+            refused = exc.response["ResponseMetadata"]["HTTPStatusCode"]
+        make_client(proxy.endpoint, "us-east-1").put_object(Bucket="too-many-requests", Key="k", Body=b"y")
+
+    assert refused == 429  # botocore alone gives up on the first 429 it does not know by its code
+    assert proxy.failed == 2  # then ours met the second 429, waited, and its retry got through

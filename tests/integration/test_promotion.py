@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ckpt.keys import JobRef
 from ckpt.manifest import Metric
 from ckpt.outcome import Status
 from ckpt.staging import Checkpoint
+from ckpt.storage import MiB
+from ckpt.upload import UploadPolicy
 from tests.support import JOB, add_epochs, attempt, canonical_bytes, paths, records, weights
 
 URI_BEST = "r2://vision-platform-prod/checkpoints/projects/7/jobs/42/best.pt"
@@ -50,6 +54,41 @@ def test_checksum_source_is_the_store_when_it_keeps_sha256_and_a_stream_hash_oth
     assert {name: f.checksum_source for name, f in outcome.files.items()} == {"best": "store", "last": "stream"}
     [record] = records(engine, 42)
     assert record["details"]["files"]["last"]["checksum_source"] == "stream"
+
+
+MULTIPART = UploadPolicy(multipart_threshold=5 * MiB, part_size=5 * MiB)
+
+
+def test_a_multipart_file_is_verified_by_the_stores_crc64nvme_without_reading_it(
+    engine, promoter, trainer, s3, layout, monkeypatch
+):
+    add_epochs(engine, 42, {18: 0.5, 20: 0.4})
+    big = weights("last-1", 11 * MiB)
+    trainer.finish(attempt(1), files={"last": Checkpoint(big, epoch=20)}, policy=MULTIPART)
+    reads = []
+    monkeypatch.setattr(promoter.storage, "stream_digests", lambda *args, **kwargs: reads.append(args))
+
+    outcome = promoter.promote_key(layout.bucket, layout.manifest_key(attempt(1)), trigger="test")
+
+    assert outcome.status is Status.PROMOTED
+    assert outcome.files["last"].checksum_source == "crc64nvme"
+    assert reads == []
+    assert canonical_bytes(s3, layout, JOB, "last") == big
+
+
+def test_a_store_crc64nvme_that_differs_from_the_manifests_is_a_recorded_rejection(
+    engine, promoter, trainer, s3, layout
+):
+    trainer.finish(attempt(1), files={"last": Checkpoint(weights("last-1", 11 * MiB), epoch=20)}, policy=MULTIPART)
+    manifest = json.loads(s3.get_object(Bucket=layout.bucket, Key=layout.manifest_key(attempt(1)))["Body"].read())
+    manifest["checkpoints"]["last"]["crc64nvme"] = "AAAAAAAAAAA="
+    trainer.put_manifest(attempt(1), json.dumps(manifest).encode())
+
+    outcome = promoter.promote_key(layout.bucket, layout.manifest_key(attempt(1)), trigger="test")
+
+    assert outcome.status is Status.REJECTED
+    assert "CRC-64/NVME" in outcome.reason and "AAAAAAAAAAA=" in outcome.reason
+    assert canonical_bytes(s3, layout, JOB, "last") is None
 
 
 def test_unknown_epochs_come_from_the_database(engine, promoter, trainer, layout):

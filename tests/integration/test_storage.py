@@ -107,11 +107,24 @@ def test_the_client_is_configured_for_r2(aws_credentials):
     assert client.meta.endpoint_url == "https://account.r2.cloudflarestorage.com"
 
 
-def test_a_multipart_objects_checksum_is_never_taken_for_the_files_sha256(s3, storage):
-    from ckpt.upload import Uploader, UploadPolicy
+def _multipart_with_sha256_parts(s3, key: str, data: bytes) -> None:
+    """A multipart upload whose parts carry SHA-256s (as an S3 tool may make one): its store checksum is a
+    checksum of the parts' checksums."""
+    upload_id = s3.create_multipart_upload(Bucket=BUCKET, Key=key, ChecksumAlgorithm="SHA256")["UploadId"]
+    parts = []
+    for number, start in enumerate(range(0, len(data), 5 * MiB), start=1):
+        chunk = data[start : start + 5 * MiB]
+        checksum = base64.b64encode(hashlib.sha256(chunk).digest()).decode()
+        answer = s3.upload_part(
+            Bucket=BUCKET, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk, ChecksumSHA256=checksum
+        )
+        parts.append({"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": checksum})
+    s3.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts})
 
+
+def test_a_multipart_objects_checksum_is_never_taken_for_the_files_sha256(s3, storage):
     data = os.urandom(11 * MiB)
-    Uploader(s3, BUCKET, UploadPolicy(multipart_threshold=5 * MiB, part_size=5 * MiB)).upload(data, "mp")
+    _multipart_with_sha256_parts(s3, "mp", data)
 
     # moto reports a checksum of checksums with no COMPOSITE marker; the '-N' ETag gives it away
     assert s3.head_object(Bucket=BUCKET, Key="mp", ChecksumMode="ENABLED").get("ChecksumSHA256")
@@ -120,9 +133,7 @@ def test_a_multipart_objects_checksum_is_never_taken_for_the_files_sha256(s3, st
 
 
 def _multipart_source(s3, storage, data):
-    from ckpt.upload import Uploader, UploadPolicy
-
-    Uploader(s3, BUCKET, UploadPolicy(multipart_threshold=5 * MiB, part_size=5 * MiB)).upload(data, "mp")
+    _multipart_with_sha256_parts(s3, "mp", data)
     return storage.head("mp")
 
 
@@ -158,3 +169,24 @@ def test_the_etag_of_an_object_encrypted_with_a_kms_key_is_not_taken_for_its_md5
 
     assert storage.head("plain").md5 == hashlib.md5(b"weights").hexdigest()
     assert storage.head("kms").md5 is None
+
+
+def test_on_r2_a_source_replaced_during_a_multipart_copy_fails_the_copy(s3, monkeypatch):
+    from ckpt.profiles import R2
+
+    storage = S3Storage(s3, BUCKET, profile=R2, multipart_copy_threshold=5 * MiB, multipart_chunksize=5 * MiB)
+    s3.put_object(Bucket=BUCKET, Key="src", Body=os.urandom(12 * MiB))
+    source = storage.head("src")
+    real_part_copy = s3.upload_part_copy
+
+    def r2_part_copy(**kwargs):
+        kwargs.pop("CopySourceIfMatch", None)  # R2 ignores the condition on UploadPartCopy
+        answer = real_part_copy(**kwargs)
+        if kwargs["PartNumber"] == 1:
+            s3.put_object(Bucket=BUCKET, Key="src", Body=os.urandom(12 * MiB))  # replaced mid-copy
+        return answer
+
+    monkeypatch.setattr(s3, "upload_part_copy", r2_part_copy)
+
+    with pytest.raises(ObjectChanged, match="changed while it was being copied"):
+        storage.copy(source, "dst", {})

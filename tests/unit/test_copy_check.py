@@ -19,7 +19,9 @@ OTHER = hashlib.sha256(b"other").hexdigest()
 
 
 def verified(md5: str | None = MD5) -> VerifiedFile:
-    source = ObjectInfo(key="staging/x/best.pt", size=len(DATA), etag='"e"', sha256=SHA256, md5=md5, metadata={})
+    source = ObjectInfo(
+        key="staging/x/best.pt", size=len(DATA), etag='"e"', sha256=SHA256, md5=md5, crc64nvme=None, metadata={}
+    )
     entry = CheckpointEntry(epoch=1, size=len(DATA), sha256=SHA256)
     return VerifiedFile(name="best", entry=entry, source=source, checksum_source="store", md5=md5)
 

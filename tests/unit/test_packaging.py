@@ -23,9 +23,9 @@ def test_the_layer_requirements_are_the_package_and_function_dependencies():
     assert layer == expected
 
 
-def test_the_layer_never_carries_torch_or_ultralytics():
+def test_the_layer_never_carries_the_trainers_dependencies():
     text = (ROOT / "layers/ckpt/requirements.txt").read_text().lower()
-    assert not any(name in text for name in ("torch", "ultralytics", "tqdm"))
+    assert not any(name in text for name in ("torch", "ultralytics", "tqdm", "awscrt"))
 
 
 def test_the_function_knows_the_queues_receive_count():

@@ -149,7 +149,7 @@ def _stage(args: argparse.Namespace, settings: Settings) -> int:
         args.weights_dir,
         args.status,
         {"best": args.best_epoch, "last": args.last_epoch},
-        policy=UploadPolicy(progress=args.progress),
+        policy=UploadPolicy(progress=args.progress, profile=settings.profile()),
         metric=Metric(name=args.metric_name, mode=args.metric_mode) if args.metric_name else None,
         error=args.error,
     )

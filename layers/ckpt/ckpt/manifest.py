@@ -7,9 +7,18 @@ Both sides use the same model, so a manifest the trainer writes is one the funct
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from ckpt import strict_json
 from ckpt.errors import describe
@@ -23,6 +32,8 @@ PositiveId = Annotated[int, Field(strict=True, gt=0, le=MAX_ID)]
 Epoch = Annotated[int, Field(strict=True, ge=1, le=MAX_ID)]
 # The pattern is checked before to_lower applies, so it admits upper case too.
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$", to_lower=True)]
+# base64 of 8 bytes: 11 characters and one '=' of padding.
+Crc64Base64 = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{10}[AEIMQUYcgkosw048]=$")]
 Status = Literal["completed", "interrupted", "failed"]
 MetricMode = Literal["max", "min"]
 
@@ -45,6 +56,17 @@ class CheckpointEntry(_Model):
     epoch: Epoch | None = None
     size: Annotated[int, Field(strict=True, ge=0)]
     sha256: Sha256Hex
+    # The file's full-object CRC-64/NVME as S3 and R2 report it (base64 of 8 bytes), when the trainer
+    # computed one: a multipart object is then verified by the store's checksum, without reading it.
+    crc64nvme: Crc64Base64 | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_absent_crc(self, write: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Optional and newer than the rest: left out, not null, when the trainer had none to give.
+        fields: dict[str, Any] = write(self)
+        if fields.get("crc64nvme") is None:
+            fields.pop("crc64nvme", None)
+        return fields
 
 
 class Checkpoints(_Model):

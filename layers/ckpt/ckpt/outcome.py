@@ -8,8 +8,10 @@ from typing import Any, Literal
 
 from ckpt.keys import AttemptRef, CheckpointName
 
-# Where a file's SHA-256 came from: the store's own checksum, or hashing the bytes as they streamed by.
-ChecksumSource = Literal["store", "stream"]
+# How a staged file was shown to be the bytes the trainer hashed: the store's SHA-256 of it ("store"), the
+# store's full-object CRC-64/NVME against the manifest's ("crc64nvme"), or hashing the bytes as they
+# streamed by ("stream").
+ChecksumSource = Literal["store", "crc64nvme", "stream"]
 # What showed a canonical copy holds the verified bytes: a SHA-256 the store computed over the copy, its
 # size, its content-MD5 ETag.
 CopyEvidence = Literal["sha256", "size", "md5"]

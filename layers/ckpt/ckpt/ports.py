@@ -27,6 +27,8 @@ class ObjectInfo:
     sha256: str | None
     # Hex MD5 of the bytes when the ETag is one (single-request objects without KMS or customer keys).
     md5: str | None
+    # The store's full-object CRC-64/NVME (base64), e.g. of a multipart upload made with one.
+    crc64nvme: str | None
     metadata: Mapping[str, str]
 
 

@@ -25,10 +25,28 @@ class StorageProfile:
     copy_checksum_algorithm: Literal["SHA256"] | None
     # The largest object one CopyObject request may copy; larger ones are copied in parts.
     max_copy_object_bytes: int
+    # Whether UploadPartCopy honours x-amz-copy-source-if-match. R2 ignores it, so a multipart copy there is
+    # checked by the source's ETag after the copy instead.
+    part_copy_conditions: bool
+    # Multipart uploads: at most this many parts, each at most this large (all but the last the same size).
+    max_part_bytes: int
+    max_parts: int = 10_000
 
 
-S3 = StorageProfile(name="s3", copy_checksum_algorithm="SHA256", max_copy_object_bytes=5 * GiB)
-R2 = StorageProfile(name="r2", copy_checksum_algorithm=None, max_copy_object_bytes=5 * GiB - 5 * MiB)
+S3 = StorageProfile(
+    name="s3",
+    copy_checksum_algorithm="SHA256",
+    max_copy_object_bytes=5 * GiB,
+    part_copy_conditions=True,
+    max_part_bytes=5 * GiB,
+)
+R2 = StorageProfile(
+    name="r2",
+    copy_checksum_algorithm=None,
+    max_copy_object_bytes=5 * GiB - 5 * MiB,
+    part_copy_conditions=False,
+    max_part_bytes=5 * GiB - 5 * MiB,
+)
 PROFILES: dict[str, StorageProfile] = {profile.name: profile for profile in (S3, R2)}
 
 

@@ -212,6 +212,13 @@ class Promoter:
         checksum_source: ChecksumSource
         if info.sha256 is not None:
             sha256, md5, checksum_source = info.sha256, info.md5, "store"
+        elif info.crc64nvme is not None and entry.crc64nvme is not None:
+            if info.crc64nvme != entry.crc64nvme:
+                raise Rejected(
+                    f"{name}.pt CRC-64/NVME is {info.crc64nvme} (store checksum), the manifest says {entry.crc64nvme}"
+                )
+            # The store verified these bytes against the trainer's CRC, computed in the pass that made the SHA-256.
+            sha256, md5, checksum_source = entry.sha256, info.md5, "crc64nvme"
         else:
             try:
                 streamed = self.storage.stream_digests(key, info.etag)

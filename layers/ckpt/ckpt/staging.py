@@ -69,7 +69,9 @@ def stage_attempt(
         uploaded = (already_staged or {}).get(name) or uploader.upload(
             checkpoint.content, layout.staged_key(ref, name), label=f"{name}.pt"
         )
-        entries[name] = CheckpointEntry(epoch=checkpoint.epoch, size=uploaded.size, sha256=uploaded.sha256)
+        entries[name] = CheckpointEntry(
+            epoch=checkpoint.epoch, size=uploaded.size, sha256=uploaded.sha256, crc64nvme=uploaded.crc64nvme
+        )
     manifest = build_manifest(ref, status, entries, **manifest_fields)
     key = layout.manifest_key(ref)
     with translated_errors(key):

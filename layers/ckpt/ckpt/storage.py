@@ -10,6 +10,7 @@ import base64
 import binascii
 import hashlib
 import os
+import random
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -49,7 +50,7 @@ def make_client(
         read_timeout=60,
     )
     credentials = credentials or {}
-    return boto3.client(
+    client = boto3.client(
         "s3",
         endpoint_url=endpoint_url or None,
         region_name=region or None,
@@ -57,6 +58,21 @@ def make_client(
         aws_access_key_id=credentials.get("aws_access_key_id"),
         aws_secret_access_key=credentials.get("aws_secret_access_key"),
     )
+    attempts = int(os.environ.get("AWS_MAX_ATTEMPTS") or max_attempts)
+    client.meta.events.register_first("needs-retry.s3", _retry_too_many_requests(attempts))  # type: ignore[arg-type]
+    return client
+
+
+def _retry_too_many_requests(max_attempts: int) -> Callable[..., float | None]:
+    """Retry HTTP 429 with jittered exponential backoff. botocore's standard mode retries throttling only by
+    error code (SlowDown, …); R2 answers a second write to one key within a second with a bare 429."""
+
+    def needs_retry(response: Any = None, attempts: int = 1, **_: Any) -> float | None:
+        if response is None or response[0].status_code != 429 or attempts >= max_attempts:
+            return None  # botocore's own retry rules decide
+        return float(min(20.0, 0.5 * 2 ** (attempts - 1)) * random.uniform(0.5, 1.0))
+
+    return needs_retry
 
 
 @contextmanager
@@ -95,6 +111,15 @@ def _sha256_hex(response: Mapping[str, Any]) -> str | None:
     if "-" in response.get("ETag", ""):
         return None
     return _base64_hex(checksum)
+
+
+def _crc64nvme(response: Mapping[str, Any]) -> str | None:
+    """The object's full-object CRC-64/NVME from a HEAD response. S3 defines CRC-64/NVME as full-object
+    only; a value marked COMPOSITE or carrying a '-N' part count is refused all the same."""
+    checksum = response.get("ChecksumCRC64NVME")
+    if not checksum or "-" in checksum or response.get("ChecksumType") not in (None, "FULL_OBJECT"):
+        return None
+    return str(checksum)
 
 
 # Server-side encryption with KMS keys or customer keys gives objects ETags that are not their MD5.
@@ -140,7 +165,7 @@ class S3Storage:
         *,
         profile: StorageProfile = S3,
         multipart_copy_threshold: int | None = None,
-        multipart_chunksize: int = 64 * MiB,
+        multipart_chunksize: int | None = None,
         max_concurrency: int = 8,
     ) -> None:
         self._s3 = client
@@ -151,7 +176,7 @@ class S3Storage:
         self.multipart_copy_threshold = multipart_copy_threshold or profile.max_copy_object_bytes
         self._transfer = TransferConfig(
             multipart_threshold=self.multipart_copy_threshold,
-            multipart_chunksize=multipart_chunksize,
+            multipart_chunksize=multipart_chunksize or min(64 * MiB, profile.max_part_bytes),
             max_concurrency=max_concurrency,
         )
 
@@ -164,6 +189,7 @@ class S3Storage:
             etag=response["ETag"],
             sha256=_sha256_hex(response),
             md5=_content_md5(response["ETag"], response),
+            crc64nvme=_crc64nvme(response),
             metadata=response.get("Metadata", {}),
         )
 
@@ -222,6 +248,8 @@ class S3Storage:
                     Config=self._transfer,
                 )
                 response: Mapping[str, Any] = {}
+                if not self.profile.part_copy_conditions:
+                    self._check_unchanged(source)
             else:
                 algorithm = self.profile.copy_checksum_algorithm
                 response = self._s3.copy_object(**args, **({"ChecksumAlgorithm": algorithm} if algorithm else {}))
@@ -239,6 +267,14 @@ class S3Storage:
             md5=_content_md5(landed["ETag"], landed),
             version_id=landed.get("VersionId"),
         )
+
+    def _check_unchanged(self, source: ObjectInfo) -> None:
+        """After a multipart copy on a store that ignores the parts' copy conditions: the source must still be
+        the verified version, or the parts may mix two versions. The retry copies again; the database still
+        names the previous promotion meanwhile."""
+        now = self.head(source.key).etag
+        if now != source.etag:
+            raise ObjectChanged(f"{source.key} changed while it was being copied (ETag {source.etag} is now {now})")
 
     def list_folders(self, prefix: str) -> list[str]:
         """The immediate sub-folders of ``prefix`` (each ending in '/')."""

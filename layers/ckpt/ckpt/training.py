@@ -180,6 +180,8 @@ class TrainingRun:
     def __enter__(self) -> TrainingRun:
         settings = self._settings or Settings.from_env(os.environ)
         self.layout = settings.layout()
+        policy = self._policy or UploadPolicy()
+        self._policy = policy if policy.profile else replace(policy, profile=settings.profile())
         if self._client is None:
             self._client = make_client(settings.endpoint_url)
         try:

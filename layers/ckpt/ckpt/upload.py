@@ -1,17 +1,19 @@
-"""Uploads a trainer can trust: the SHA-256 is computed in the same pass that reads the file and sent
+"""Uploads a trainer can trust: the digests are computed in the same pass that reads the file and sent
 with the bytes so the store verifies them; large files go up in parts, several at once, with bounded memory;
 transient failures are retried with backoff (botocore's standard retry mode, see ``storage.make_client``);
 a progress bar shows on a terminal and stays quiet elsewhere.
 
 Small files (up to ``multipart_threshold``) are one PutObject carrying ``x-amz-checksum-sha256``: the store
 then keeps the file's own SHA-256, which the promotion reads instead of hashing again. Larger files are a
-multipart upload whose parts each carry their SHA-256; the whole file's digest goes in the manifest.
+multipart upload with a full-object CRC-64/NVME (each part carries its own CRC-64/NVME, the completion the
+whole file's), which S3 and R2 both keep and verify: the promotion compares it with the manifest's and never
+reads the bytes. SHA-256 part checksums are not used: R2 answers them with 501 NotImplemented. Without
+``awscrt`` (the ``trainer`` extra) parts carry a CRC32 instead, and the promotion hashes the file itself.
+All parts but the last have the same size (R2 refuses anything else).
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import io
 import threading
 from collections.abc import Callable, Iterator
@@ -21,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from ckpt.checksums import FileDigests, crc32_b64, crc64nvme_available, crc64nvme_of
+from ckpt.profiles import S3, StorageProfile
 from ckpt.storage import MiB, translated_errors
-
-MAX_PARTS = 10_000
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class UploadPolicy:
     part_size: int = 16 * MiB  # memory in use is at most part_size * (concurrency + 1)
     concurrency: int = 4
     progress: bool | None = None  # None: a bar only when stderr is a terminal
+    profile: StorageProfile | None = None  # None: S3's (TrainingRun and the CLI set the configured one)
 
 
 @dataclass(frozen=True)
@@ -40,10 +43,15 @@ class Uploaded:
     size: int
     sha256: str
     parts: int  # 0 for a single PutObject
+    crc64nvme: str | None = None  # base64, when awscrt is installed
 
 
-def _b64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode()
+def part_size_for(size: int, policy: UploadPolicy, profile: StorageProfile) -> int:
+    """The policy's part size, grown so the file fits the store's part count; refused beyond its part size."""
+    part_size = max(policy.part_size, -(-size // profile.max_parts))
+    if part_size > profile.max_part_bytes:
+        raise ValueError(f"{size} bytes do not fit in {profile.max_parts} parts of at most {profile.max_part_bytes}")
+    return part_size
 
 
 class Uploader:
@@ -51,6 +59,7 @@ class Uploader:
         self._s3 = client
         self.bucket = bucket
         self.policy = policy or UploadPolicy()
+        self.profile = self.policy.profile or S3
 
     def upload(self, source: Path | bytes, key: str, *, label: str | None = None) -> Uploaded:
         """Store ``source`` at ``key``; raises ``StorageUnavailable`` when the store keeps failing.
@@ -63,30 +72,34 @@ class Uploader:
 
     def _single(self, f: IO[bytes], key: str, advance: Callable[[int], None]) -> Uploaded:
         data = f.read()
-        size = len(data)
-        digest = hashlib.sha256(data)
+        digests = FileDigests()
+        digests.update(data)
         with translated_errors(key):
             self._s3.put_object(
                 Bucket=self.bucket,
                 Key=key,
                 Body=data,
-                ContentLength=size,
+                ContentLength=len(data),
                 ChecksumAlgorithm="SHA256",
-                ChecksumSHA256=_b64(digest.digest()),
-                Metadata={"sha256": digest.hexdigest()},
+                ChecksumSHA256=digests.sha256_b64,
+                Metadata={"sha256": digests.sha256},
             )
-        advance(size)  # one request: the bar moves when the store has confirmed it
-        return Uploaded(key=key, size=size, sha256=digest.hexdigest(), parts=0)
+        advance(len(data))  # one request: the bar moves when the store has confirmed it
+        return Uploaded(key=key, size=len(data), sha256=digests.sha256, parts=0, crc64nvme=digests.crc64nvme)
 
     def _multipart(self, f: IO[bytes], key: str, size: int, advance: Callable[[int], None]) -> Uploaded:
+        full_object = crc64nvme_available()
+        algorithm = "CRC64NVME" if full_object else "CRC32"
         with translated_errors(key):
-            upload_id = self._s3.create_multipart_upload(Bucket=self.bucket, Key=key, ChecksumAlgorithm="SHA256")[
-                "UploadId"
-            ]
-        whole = hashlib.sha256()
+            upload_id = self._s3.create_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                ChecksumAlgorithm=algorithm,
+                **({"ChecksumType": "FULL_OBJECT"} if full_object else {}),
+            )["UploadId"]
+        digests = FileDigests()
         read = 0
-        # S3 and R2 allow 10,000 parts: grow the part size for files beyond part_size * 10,000.
-        part_size = max(self.policy.part_size, -(-size // MAX_PARTS))
+        part_size = part_size_for(size, self.policy, self.profile)
         in_flight = threading.BoundedSemaphore(self.policy.concurrency)
         futures: list[Future[dict[str, Any]]] = []
         try:
@@ -94,30 +107,31 @@ class Uploader:
                 number = 0
                 while chunk := f.read(part_size):
                     number += 1
-                    whole.update(chunk)  # the file's digest, in the pass that reads it for the parts
+                    digests.update(chunk)  # the file's digests, in the pass that reads it for the parts
                     read += len(chunk)
                     in_flight.acquire()
-                    future = pool.submit(self._part, key, upload_id, number, chunk, advance)
+                    future = pool.submit(self._part, key, upload_id, number, chunk, algorithm, advance)
                     future.add_done_callback(lambda _: in_flight.release())
                     futures.append(future)
                     if any(fut.done() and fut.exception() for fut in futures):
                         break
                 wait(futures, return_when=FIRST_EXCEPTION)
             parts = [future.result() for future in futures]  # re-raises the first failure
+            whole = {"ChecksumCRC64NVME": digests.crc64nvme, "ChecksumType": "FULL_OBJECT"} if full_object else {}
             with translated_errors(key):
                 self._s3.complete_multipart_upload(
-                    Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, **whole
                 )
         except BaseException:
             with translated_errors(key):
                 self._s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
             raise
-        return Uploaded(key=key, size=read, sha256=whole.hexdigest(), parts=len(parts))
+        return Uploaded(key=key, size=read, sha256=digests.sha256, parts=len(parts), crc64nvme=digests.crc64nvme)
 
     def _part(
-        self, key: str, upload_id: str, number: int, chunk: bytes, advance: Callable[[int], None]
+        self, key: str, upload_id: str, number: int, chunk: bytes, algorithm: str, advance: Callable[[int], None]
     ) -> dict[str, Any]:
-        checksum = _b64(hashlib.sha256(chunk).digest())
+        checksum = {f"Checksum{algorithm}": crc64nvme_of(chunk) if algorithm == "CRC64NVME" else crc32_b64(chunk)}
         with translated_errors(key):
             response = self._s3.upload_part(
                 Bucket=self.bucket,
@@ -125,11 +139,11 @@ class Uploader:
                 UploadId=upload_id,
                 PartNumber=number,
                 Body=chunk,
-                ChecksumAlgorithm="SHA256",
-                ChecksumSHA256=checksum,
+                ChecksumAlgorithm=algorithm,
+                **checksum,
             )
         advance(len(chunk))
-        return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
+        return {"PartNumber": number, "ETag": response["ETag"], **checksum}
 
 
 @contextmanager
