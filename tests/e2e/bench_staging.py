@@ -30,7 +30,7 @@ from ckpt.db import migrate
 from ckpt.db.engine import make_engine
 from ckpt.db.schema import platform_metadata
 from ckpt.db.store import PromotionStore
-from ckpt.keys import Layout
+from ckpt.keys import CheckpointName, Layout
 from ckpt.ports import StreamedDigests
 from ckpt.profiles import R2, S3
 from ckpt.promotion import Promoter
@@ -102,7 +102,7 @@ def trainer_without_awscrt() -> Iterator[None]:
 
 def measure_bytes_read(endpoint: str, size_mb: float) -> list[tuple[str, str, int, float]]:
     """(profile, trainer, bytes the promotion read of the staged file, seconds to promote) per case."""
-    rows = []
+    rows: list[tuple[str, str, int, float]] = []
     data = os.urandom(int(size_mb * 1024 * 1024))
     with tempfile.TemporaryDirectory() as tmp, R2Proxy(endpoint) as proxy:
         for profile, with_crc in ((S3, True), (S3, False), (R2, True), (R2, False)):
@@ -115,7 +115,7 @@ def measure_bytes_read(endpoint: str, size_mb: float) -> list[tuple[str, str, in
             storage = CountingStorage(client, bucket, profile=profile)
             promoter = Promoter(Layout(bucket=bucket), storage, PromotionStore(engine))
             with nullcontext() if with_crc else trainer_without_awscrt():
-                files = {"last": Checkpoint(data, epoch=1)}
+                files: dict[CheckpointName, Checkpoint] = {"last": Checkpoint(data, epoch=1)}
                 Trainer(client, Layout(bucket=bucket)).finish(
                     attempt(1), files=files, policy=UploadPolicy(profile=profile)
                 )
