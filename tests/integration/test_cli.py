@@ -132,3 +132,11 @@ def test_ids_and_epochs_outside_the_platforms_range_are_refused_before_anything_
 
     assert exited.value.code == 2
     assert "from 1 to 2147483647" in capsys.readouterr().err
+
+
+def test_a_trainer_cannot_stage_a_manifest_as_abandoned(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["stage", "--job-id", "42", "--weights-dir", str(tmp_path), "--status", "abandoned"])
+
+    assert exited.value.code == 2
+    assert "invalid choice: 'abandoned'" in capsys.readouterr().err

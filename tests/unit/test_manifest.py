@@ -56,6 +56,11 @@ def encode(document: Any) -> bytes:
 # --- accepted -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("status", ["completed", "interrupted", "failed", "abandoned"])
+def test_every_status_of_the_contract_is_read(status: str) -> None:
+    assert parse_manifest(encode(edited("status", status))).status == status
+
+
 def test_contract_example_parses() -> None:
     manifest = parse_manifest(encode(example()))
 

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import get_args
 
 from ckpt.config import Settings
 from ckpt.db import migrate
@@ -29,7 +30,7 @@ from ckpt.db.store import PromotionStore
 from ckpt.errors import ConfigurationError, Rejected, TransientError
 from ckpt.fetch import fetch_checkpoint
 from ckpt.keys import MAX_ID, AttemptRef, JobRef, check_id
-from ckpt.manifest import Metric
+from ckpt.manifest import Metric, TrainerStatus
 from ckpt.outcome import Status
 from ckpt.service import build_promoter, engine_from_settings, s3_client
 from ckpt.staging import resolve_attempt
@@ -77,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     stage.add_argument("--project-id", type=_id, default=None, help="omit for test jobs")
     stage.add_argument("--job-id", type=_id, required=True)
     stage.add_argument("--weights-dir", type=Path, required=True, help="the folder holding best.pt / last.pt")
-    stage.add_argument("--status", choices=["completed", "interrupted", "failed"], required=True)
+    stage.add_argument("--status", choices=get_args(TrainerStatus), required=True)
     stage.add_argument("--attempt", type=_id, default=None, help="default: CKPT_ATTEMPT, else the next attempt")
     stage.add_argument("--best-epoch", type=_id, default=None, help="default: the database's best epoch")
     stage.add_argument("--last-epoch", type=_id, default=None, help="default: the database's highest epoch")

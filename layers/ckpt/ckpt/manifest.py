@@ -34,7 +34,10 @@ Epoch = Annotated[int, Field(strict=True, ge=1, le=MAX_ID)]
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$", to_lower=True)]
 # base64 of 8 bytes: 11 characters and one '=' of padding.
 Crc64Base64 = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{10}[AEIMQUYcgkosw048]=$")]
-Status = Literal["completed", "interrupted", "failed"]
+# How a trainer's run ended; "abandoned" is written by the service's sweeper only, for an attempt folder that
+# held checkpoints but no manifest and stopped changing (the trainer was killed, its machine lost).
+TrainerStatus = Literal["completed", "interrupted", "failed"]
+Status = Literal[TrainerStatus, "abandoned"]
 MetricMode = Literal["max", "min"]
 
 
