@@ -8,6 +8,7 @@ retries it); everything permanent is answered, logged and counted, and never ret
 from __future__ import annotations
 
 import os
+from contextlib import suppress
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -43,7 +44,7 @@ def get_promoter() -> Promoter:
     return _promoter
 
 
-def _configuration_failed(exc: ConfigurationError) -> None:
+def configuration_failed(exc: ConfigurationError) -> None:
     """Say once per execution environment what is misconfigured, and drop the promoter built on it.
 
     The event is not answered: its messages stay in the queue (then the dead-letter queue) to be redriven
@@ -79,7 +80,7 @@ def record_handler(record: SQSRecord) -> list[dict[str, Any]]:
                 _record_giving_up(obj, exc)
             raise
         except ConfigurationError as exc:  # e.g. the database's certificate fails verification at connect
-            _configuration_failed(exc)
+            configuration_failed(exc)
             raise
     return answers
 
@@ -105,7 +106,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     try:
         return _handle(event, context)
     except ConfigurationError as exc:
-        _configuration_failed(exc)
+        configuration_failed(exc)
         raise
 
 
@@ -113,10 +114,10 @@ def _handle(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     try:
         kind = triggers.kind_of(event)
         if kind == "sqs":
-            try:
-                get_promoter()  # a misconfiguration fails the batch once, not each of its records
-            except TransientError:
-                pass  # the database is down: only the records that need it fail (below), to be retried
+            # A misconfiguration fails the batch once, not each of its records; a database that is down fails
+            # only the records that need it (below), to be retried.
+            with suppress(TransientError):
+                get_promoter()
 
             return dict(
                 process_partial_response(

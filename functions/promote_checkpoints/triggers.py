@@ -8,10 +8,11 @@ classes; the R2 and reprocess shapes, which no library defines, with pydantic mo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
-from urllib.parse import unquote_plus
+from urllib.parse import unquote, unquote_plus
 
 from aws_lambda_powertools.utilities.data_classes import S3Event
 from aws_lambda_powertools.utilities.parser import BaseModel
@@ -117,8 +118,11 @@ def _s3_objects(document: dict[str, Any]) -> list[ObjectCreated]:
     return objects
 
 
-def objects_in(document: Any) -> list[ObjectCreated]:
-    """The created objects a notification announces; [] for ``s3:TestEvent`` and non-create events."""
+def objects_in(document: Any, *, is_manifest_key: Callable[[str], bool] | None = None) -> list[ObjectCreated]:
+    """The created objects a notification announces; [] for ``s3:TestEvent`` and non-create events.
+
+    ``is_manifest_key`` (the layout's test) lets an R2 notification's key be read by ``r2_object_key``;
+    without it the key is taken as given."""
     if not isinstance(document, dict):
         raise UnrecognisedEvent(f"notification must be a JSON object, got {type(document).__name__}")
     if document.get("Event") == "s3:TestEvent":
@@ -132,9 +136,26 @@ def objects_in(document: Any) -> list[ObjectCreated]:
             raise UnrecognisedEvent(f"invalid R2 event notification: {describe(exc)}") from None
         if r2_event.action not in R2_CREATE_ACTIONS:
             return []
-        # R2 sends keys as they are, not URL-encoded.
-        return [ObjectCreated(bucket=r2_event.bucket, key=r2_event.object.key, source="r2")]
+        key = r2_event.object.key
+        if is_manifest_key is not None:
+            key = r2_object_key(key, is_manifest_key)
+        return [ObjectCreated(bucket=r2_event.bucket, key=key, source="r2")]
     raise UnrecognisedEvent(
         "not an S3 event notification, an R2 event notification, an SQS batch or a reprocess request "
         f"(top-level fields: {', '.join(sorted(document)) or 'none'})"
     )
+
+
+def r2_object_key(raw: str, is_manifest_key: Callable[[str], bool]) -> str:
+    """The object key an R2 notification names. Cloudflare does not document whether R2 URL-encodes it (its
+    examples are plain), and a key may legitimately contain ``%41`` or ``+``. Rule: the key as given when it is
+    a manifest key of the layout; else its percent-decoding, then its form-decoding (``+`` as space, as S3
+    encodes), whichever first is one; else as given (then ignored or rejected under that name). Only a key of
+    the layout is ever chosen, and the promotion reads exactly that key, so a wrong guess can only find no
+    manifest (rejected and recorded), never promote another job's files."""
+    if is_manifest_key(raw):
+        return raw
+    for decoded in (unquote(raw), unquote_plus(raw)):
+        if decoded != raw and is_manifest_key(decoded):
+            return decoded
+    return raw

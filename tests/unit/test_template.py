@@ -187,6 +187,7 @@ def test_the_transformed_event_source_mapping_carries_the_cap(monkeypatch):
     template = _template()
     # the transform wants uploaded artifacts; sam build/deploy put S3 URIs here
     template["Resources"]["PromoteCheckpointsFunction"]["Properties"]["CodeUri"] = "s3://artifacts/function.zip"
+    template["Resources"]["R2QueuePollerFunction"]["Properties"]["CodeUri"] = "s3://artifacts/function.zip"
     template["Resources"]["CkptLayer"]["Properties"]["ContentUri"] = "s3://artifacts/layer.zip"
     secret = {"DatabaseSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:db-AbCdEf"}
     resources = transform(template, secret, NoManagedPolicies())["Resources"]
@@ -260,3 +261,166 @@ def test_sam_validate_lint_passes():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "is a valid SAM Template" in result.stdout + result.stderr
+
+
+# --- R2: the Cloudflare Queue poller ------------------------------------------------------------------------
+
+
+def _poller_statements() -> list[dict[str, Any]]:
+    [policy] = _resources()["R2QueuePollerRole"]["Properties"]["Policies"]
+    return policy["PolicyDocument"]["Statement"]
+
+
+def _poller_statement(sid: str) -> tuple[str | None, dict[str, Any]]:
+    """(condition name or None, statement) of a poller role statement, plain or wrapped in !If."""
+    for entry in _poller_statements():
+        if "Fn::If" in entry:
+            condition, statement, otherwise = entry["Fn::If"]
+            assert otherwise == {"Ref": "AWS::NoValue"}
+            if statement.get("Sid") == sid:
+                return condition, statement
+        elif entry.get("Sid") == sid:
+            return None, entry
+    raise AssertionError(f"no poller statement {sid}")
+
+
+def test_the_r2_poller_exists_only_when_a_cloudflare_queue_is_named():
+    template = _template()
+    assert template["Parameters"]["CloudflareQueueId"]["Default"] == ""
+    assert template["Conditions"]["PollsCloudflareQueue"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "CloudflareQueueId"}, ""]}]
+    }
+    for name in ("R2QueuePollerFunction", "R2QueuePollerRole", "R2QueuePollerLogGroup"):
+        assert template["Resources"][name]["Condition"] == "PollsCloudflareQueue", name
+    assert template["Outputs"]["R2QueuePollerFunctionArn"]["Condition"] == "PollsCloudflareQueue"
+
+
+def test_a_cloudflare_queue_requires_its_account_token_and_an_r2_store():
+    rule = _template()["Rules"]["R2PollerNeedsItsSettings"]
+    assert rule["RuleCondition"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "CloudflareQueueId"}, ""]}]}
+    required = [a["Assert"]["Fn::Not"][0]["Fn::Equals"][0]["Ref"] for a in rule["Assertions"]]
+    assert required == [
+        "CloudflareAccountId",
+        "CloudflareApiTokenSecretArn",
+        "S3EndpointUrl",
+        "StorageCredentialsSecretArn",
+    ]
+
+
+def test_the_r2_poller_runs_the_shared_code_on_a_configurable_schedule_without_lambda_retries():
+    template = _template()
+    function = template["Resources"]["R2QueuePollerFunction"]["Properties"]
+    promotion = template["Resources"]["PromoteCheckpointsFunction"]["Properties"]
+    assert function["Handler"] == "r2_queue_poller.handler.lambda_handler"
+    assert function["CodeUri"] == promotion["CodeUri"] == "functions/"
+    assert function["Layers"] == promotion["Layers"] == [{"Ref": "CkptLayer"}]
+    assert function["Role"] == {"Fn::GetAtt": ["R2QueuePollerRole", "Arn"]}
+    assert function["LoggingConfig"] == {"LogGroup": {"Ref": "R2QueuePollerLogGroup"}}
+    assert function["VpcConfig"] == promotion["VpcConfig"]
+    # the timeout is the Globals' FunctionTimeout, the budget the poller splits between its messages
+    assert "Timeout" not in function
+    assert template["Globals"]["Function"]["Timeout"] == {"Ref": "FunctionTimeout"}
+    # leases make overlapping runs safe: no reservation taken from the account's pool
+    assert "ReservedConcurrentExecutions" not in function
+    assert function["EventInvokeConfig"] == {"MaximumRetryAttempts": 0}
+    [event] = function["Events"].values()
+    assert event["Type"] == "Schedule"
+    assert event["Properties"]["Schedule"] == {"Ref": "CloudflarePollSchedule"}
+    schedule = template["Parameters"]["CloudflarePollSchedule"]
+    assert schedule["Default"] == "rate(1 minute)"
+    assert re.fullmatch(schedule["AllowedPattern"], "cron(0/5 * * * ? *)")
+    assert not re.fullmatch(schedule["AllowedPattern"], "every minute")
+
+
+def test_the_r2_poller_is_given_its_settings_by_name_and_the_token_only_as_a_secret_arn():
+    function = _resources()["R2QueuePollerFunction"]["Properties"]
+    variables = function["Environment"]["Variables"]
+    promotion = _resources()["PromoteCheckpointsFunction"]["Properties"]["Environment"]["Variables"]
+    assert {
+        name: value for name, value in promotion.items() if name != "MAX_RECEIVE_COUNT"
+    }.items() <= variables.items()
+    assert {name: value for name, value in variables.items() if name.startswith("CLOUDFLARE_")} == {
+        "CLOUDFLARE_ACCOUNT_ID": {"Ref": "CloudflareAccountId"},
+        "CLOUDFLARE_QUEUE_ID": {"Ref": "CloudflareQueueId"},
+        "CLOUDFLARE_API_TOKEN_SECRET_ARN": {"Ref": "CloudflareApiTokenSecretArn"},
+        "CLOUDFLARE_BATCH_SIZE": {"Ref": "CloudflareBatchSize"},
+        "CLOUDFLARE_VISIBILITY_TIMEOUT_SECONDS": {"Ref": "CloudflareVisibilityTimeout"},
+        "CLOUDFLARE_API_BASE_URL": "",  # empty: Cloudflare's API; declared for sam local --env-vars
+    }
+    settings_source = (ROOT / "layers/ckpt/ckpt/r2_polling.py").read_text()
+    for name in variables:
+        if name.startswith("CLOUDFLARE_"):
+            assert f'"{name}"' in settings_source, f"PollerSettings does not read {name}"
+
+
+@pytest.mark.parametrize(
+    ("parameter", "value", "allowed"),
+    [
+        ("CloudflareQueueId", "", True),
+        ("CloudflareQueueId", "023e105f4ecef8ad9ca31a8372d0c353", True),
+        ("CloudflareQueueId", "my-queue", False),  # the id, not the name
+        ("CloudflareAccountId", "3f4b7e3dcab231cbfdaa90a6a28bd548", True),
+        ("CloudflareAccountId", "3F4B", False),
+        ("CloudflareApiTokenSecretArn", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:cf-AbCdEf", True),
+        ("CloudflareApiTokenSecretArn", "cf-token", False),
+    ],
+)
+def test_cloudflare_ids_and_the_token_secret_are_checked_at_deploy(parameter, value, allowed):
+    pattern = _template()["Parameters"][parameter]["AllowedPattern"]
+    assert bool(re.fullmatch(pattern, value)) is allowed
+
+
+def test_the_poller_batch_and_lease_stay_within_cloudflares_limits():
+    parameters = _template()["Parameters"]
+    batch, lease = parameters["CloudflareBatchSize"], parameters["CloudflareVisibilityTimeout"]
+    assert (batch["Default"], batch["MinValue"], batch["MaxValue"]) == (10, 1, 100)
+    assert (lease["MinValue"], lease["MaxValue"]) == (1, 12 * 60 * 60)
+
+
+def test_the_poller_role_is_scoped_like_the_promotion_role_with_no_queue_and_its_token_secret():
+    sids = [entry["Fn::If"][1]["Sid"] if "Fn::If" in entry else entry["Sid"] for entry in _poller_statements()]
+    assert sids == [
+        "WriteOwnLogs",
+        "XRayTracing",
+        "ReadStaging",
+        "ListBucketForNotFound",
+        "WriteCanonical",
+        "ReadDatabaseSecret",
+        "ReadStorageCredentialsSecret",
+        "ReadCloudflareApiTokenSecret",
+        "UseCustomerManagedKeys",
+        "VpcNetworkInterfaces",
+    ]
+    assert "sqs:" not in json.dumps(_poller_statements())
+    promotion = {s["Sid"]: s for s in _role_statements() if "Sid" in s}
+    for sid in ("XRayTracing", "ReadStaging", "ListBucketForNotFound", "WriteCanonical", "ReadDatabaseSecret"):
+        assert _poller_statement(sid) == (None, promotion[sid]), sid
+    assert _poller_statement("WriteOwnLogs")[1]["Resource"] == {"Fn::GetAtt": ["R2QueuePollerLogGroup", "Arn"]}
+    condition, token = _poller_statement("ReadCloudflareApiTokenSecret")
+    assert condition == "HasCloudflareApiToken"
+    assert (token["Action"], token["Resource"]) == (
+        "secretsmanager:GetSecretValue",
+        {"Ref": "CloudflareApiTokenSecretArn"},
+    )
+    assert _poller_statement("UseCustomerManagedKeys") == _conditional_statement("UseCustomerManagedKeys")
+
+
+def test_the_transformed_poller_is_an_eventbridge_schedule_with_no_retries(monkeypatch):
+    from samtranslator.translator.transform import transform
+
+    class NoManagedPolicies:
+        def load(self) -> dict[str, str]:
+            return {}
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    template = _template()
+    for function in ("PromoteCheckpointsFunction", "R2QueuePollerFunction"):
+        template["Resources"][function]["Properties"]["CodeUri"] = "s3://artifacts/function.zip"
+    template["Resources"]["CkptLayer"]["Properties"]["ContentUri"] = "s3://artifacts/layer.zip"
+    secret = {"DatabaseSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:db-AbCdEf"}
+    resources = transform(template, secret, NoManagedPolicies())["Resources"]
+    [rule] = [r for r in resources.values() if r["Type"] == "AWS::Events::Rule"]
+    assert rule["Condition"] == "PollsCloudflareQueue"
+    assert rule["Properties"]["ScheduleExpression"] == {"Ref": "CloudflarePollSchedule"}
+    [invoke_config] = [r for r in resources.values() if r["Type"] == "AWS::Lambda::EventInvokeConfig"]
+    assert invoke_config["Properties"]["MaximumRetryAttempts"] == 0
