@@ -8,6 +8,7 @@ retries it); everything permanent is answered, logged and counted, and never ret
 from __future__ import annotations
 
 import os
+import re
 from contextlib import suppress
 from typing import Any
 
@@ -20,9 +21,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from ckpt.config import Settings
 from ckpt.errors import ConfigurationError, Rejected, TransientError
 from ckpt.keys import JobRef
-from ckpt.outcome import Outcome
+from ckpt.outcome import LOGGED_TEXT_LIMIT, Outcome
 from ckpt.promotion import Promoter
 from ckpt.service import build_promoter, engine_from_settings
+from ckpt.text import bounded, escaped
 from promote_checkpoints import triggers
 from promote_checkpoints.observability import logger, metrics, tracer
 
@@ -67,17 +69,22 @@ def promote(obj: triggers.ObjectCreated, trigger: str) -> dict[str, Any]:
 
 
 def record_handler(record: SQSRecord) -> list[dict[str, Any]]:
+    # Read with .get: a record missing its body or id is answered as unrecognised, never a KeyError.
+    message_id = str(record.get("messageId"))
     try:
-        objects = triggers.objects_in_body(record.body)
+        announced = triggers.objects_in_body(record.get("body"))
     except triggers.UnrecognisedEvent as exc:
-        return [_unrecognised(exc, message_id=record.message_id)]
+        return [_unrecognised(str(exc), message_id=message_id)]
     answers = []
-    for obj in objects:
+    for item in announced:
+        if isinstance(item, triggers.Unusable):
+            answers.append(_unrecognised(item.reason, message_id=message_id))
+            continue
         try:
-            answers.append(promote(obj, trigger=f"sqs:{obj.source}"))
+            answers.append(promote(item, trigger=f"sqs:{item.source}"))
         except TransientError as exc:
-            if int(record.attributes.approximate_receive_count) >= _max_receives():
-                _record_giving_up(obj, exc)
+            if _is_last_delivery(record):
+                _record_giving_up(item, exc)
             raise
         except ConfigurationError as exc:  # e.g. the database's certificate fails verification at connect
             configuration_failed(exc)
@@ -85,9 +92,20 @@ def record_handler(record: SQSRecord) -> list[dict[str, Any]]:
     return answers
 
 
+def _is_last_delivery(record: SQSRecord) -> bool:
+    count = (record.get("attributes") or {}).get("ApproximateReceiveCount")
+    try:
+        return int(float(str(count))) >= _max_receives()
+    except ValueError:  # not a number: SQS always sends one, so this is no message of the queue's
+        return False
+
+
 def _max_receives() -> int:
     # The queue's maxReceiveCount (template.yaml passes it); on the last delivery the message goes to the DLQ.
-    return int(os.environ.get("MAX_RECEIVE_COUNT") or 5)
+    value = os.environ.get("MAX_RECEIVE_COUNT") or "5"
+    if not re.fullmatch(r"[0-9]{1,4}", value) or int(value) < 1:
+        raise ConfigurationError(f"MAX_RECEIVE_COUNT must be the queue's maxReceiveCount (1 to 1000), got {value!r}")
+    return int(value)
 
 
 def _record_giving_up(obj: triggers.ObjectCreated, exc: TransientError) -> None:
@@ -130,11 +148,17 @@ def _handle(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
             try:
                 outcome = get_promoter().reprocess(job, request.attempt, dry_run=request.dry_run)
             except Rejected as exc:
-                return {"outcomes": [_unrecognised(exc)]}
+                return {"outcomes": [_unrecognised(exc.reason)]}
             return {"outcomes": [_answer(outcome)]}
-        return {"outcomes": [promote(obj, trigger=obj.source) for obj in triggers.objects_in(event)]}
+        return {"outcomes": [_answer_announced(item) for item in triggers.objects_in(event)]}
     except triggers.UnrecognisedEvent as exc:
-        return {"outcomes": [_unrecognised(exc)]}
+        return {"outcomes": [_unrecognised(str(exc))]}
+
+
+def _answer_announced(item: triggers.Announced) -> dict[str, Any]:
+    if isinstance(item, triggers.Unusable):
+        return _unrecognised(item.reason)
+    return promote(item, trigger=item.source)
 
 
 def _answer(outcome: Outcome) -> dict[str, Any]:
@@ -145,7 +169,8 @@ def _answer(outcome: Outcome) -> dict[str, Any]:
     return {name: fields[name] for name in ("outcome", "reason", "manifest_key", "job_id", "attempt")}
 
 
-def _unrecognised(exc: Exception, **context: str) -> dict[str, Any]:
-    logger.error("event rejected: %s", exc, extra=context)
+def _unrecognised(reason: str, **context: str) -> dict[str, Any]:
+    reason = bounded(escaped(reason), LOGGED_TEXT_LIMIT)
+    logger.error("event rejected: %s", reason, extra=context)
     metrics.add_metric(name="EventsRejected", unit=MetricUnit.Count, value=1)
-    return {"outcome": "rejected", "reason": str(exc)}
+    return {"outcome": "rejected", "reason": reason}

@@ -14,13 +14,14 @@ from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import unquote, unquote_plus
 
-from aws_lambda_powertools.utilities.data_classes import S3Event
+from aws_lambda_powertools.utilities.data_classes.s3_event import S3EventRecord
 from aws_lambda_powertools.utilities.parser import BaseModel
 from pydantic import ConfigDict, Field, ValidationError
 
 from ckpt import strict_json
 from ckpt.errors import describe
 from ckpt.keys import MAX_ID
+from ckpt.text import bounded, escaped, shown
 
 # R2 notifications name the action; only these create an object.
 R2_CREATE_ACTIONS = frozenset({"PutObject", "CopyObject", "CompleteMultipartUpload"})
@@ -35,6 +36,16 @@ class ObjectCreated:
     bucket: str
     key: str  # decoded: exactly the object's key
     source: Literal["s3", "r2"]
+
+
+@dataclass(frozen=True)
+class Unusable:
+    """A record of a notification that cannot be read; answered with ``reason``, never retried."""
+
+    reason: str
+
+
+Announced = ObjectCreated | Unusable
 
 
 class Reprocess(BaseModel):
@@ -88,7 +99,7 @@ def parse_reprocess(event: dict[str, Any]) -> Reprocess:
         raise UnrecognisedEvent(f"invalid reprocess event: {describe(exc)}") from None
 
 
-def objects_in_body(body: str) -> list[ObjectCreated]:
+def objects_in_body(body: Any) -> list[Announced]:
     """The objects an SQS message body announces."""
     try:
         document = strict_json.loads(body, "SQS body")
@@ -97,29 +108,39 @@ def objects_in_body(body: str) -> list[ObjectCreated]:
     return objects_in(document)
 
 
-def _s3_objects(document: dict[str, Any]) -> list[ObjectCreated]:
+def _s3_objects(document: dict[str, Any]) -> list[Announced | None]:
+    """Each record of an S3 notification read on its own, so one malformed record is answered as such and
+    never costs its siblings their promotion."""
+    records = document.get("Records")
+    if not isinstance(records, list) or not records:
+        raise UnrecognisedEvent("invalid S3 event notification: Records must be a non-empty list")
+    return [_s3_object(record) for record in records]
+
+
+def _s3_object(record: Any) -> Announced | None:
     # Read leniently (Powertools' data classes, not its strict parser model): S3-compatible stores and moto
     # omit fields AWS sends (userIdentity, requestParameters, …) that the promotion never needs, and a
     # manifest notification must not be rejected for lacking them.
-    objects = []
+    if not isinstance(record, dict):
+        return Unusable(f"invalid S3 event record: must be a JSON object, got {type(record).__name__}")
+    if record.get("eventSource") != "aws:s3":
+        return Unusable(f"invalid S3 event record: eventSource is {shown(record.get('eventSource'), 60)}, not 'aws:s3'")
     try:
-        for record in S3Event(document).records:
-            if record.get("eventSource") != "aws:s3":
-                raise UnrecognisedEvent(
-                    f"invalid S3 event notification: eventSource is {record.get('eventSource')!r}, not 'aws:s3'"
-                )
-            if not record.event_name.startswith("ObjectCreated:"):
-                continue
-            # S3 form-encodes keys in notifications ('+' for space); decoded here and nowhere else.
-            key = unquote_plus(record.s3.get_object.key)
-            objects.append(ObjectCreated(bucket=record.s3.bucket.name, key=key, source="s3"))
+        parsed = S3EventRecord(record)
+        event_name, bucket, key = parsed.event_name, parsed.s3.bucket.name, parsed.s3.get_object.key
     except (KeyError, TypeError, AttributeError) as exc:
-        raise UnrecognisedEvent(f"invalid S3 event notification: missing or malformed field {exc}") from None
-    return objects
+        return Unusable(f"invalid S3 event record: missing or malformed field {shown(str(exc), 100)}")
+    if not all(isinstance(value, str) for value in (event_name, bucket, key)):
+        return Unusable("invalid S3 event record: eventName, s3.bucket.name and s3.object.key must be strings")
+    if not event_name.startswith("ObjectCreated:"):
+        return None
+    # S3 form-encodes keys in notifications ('+' for space); decoded here and nowhere else.
+    return ObjectCreated(bucket=bucket, key=unquote_plus(key), source="s3")
 
 
-def objects_in(document: Any, *, is_manifest_key: Callable[[str], bool] | None = None) -> list[ObjectCreated]:
-    """The created objects a notification announces; [] for ``s3:TestEvent`` and non-create events.
+def objects_in(document: Any, *, is_manifest_key: Callable[[str], bool] | None = None) -> list[Announced]:
+    """The created objects a notification announces, and its records that cannot be read (``Unusable``, each
+    to be answered with its reason); [] for ``s3:TestEvent`` and non-create events.
 
     ``is_manifest_key`` (the layout's test) lets an R2 notification's key be read by ``r2_object_key``;
     without it the key is taken as given."""
@@ -128,7 +149,7 @@ def objects_in(document: Any, *, is_manifest_key: Callable[[str], bool] | None =
     if document.get("Event") == "s3:TestEvent":
         return []
     if "Records" in document:
-        return _s3_objects(document)
+        return [item for item in _s3_objects(document) if item is not None]
     if {"account", "action", "bucket", "object"} <= document.keys():
         try:
             r2_event = R2EventNotification.model_validate(document)
@@ -142,7 +163,7 @@ def objects_in(document: Any, *, is_manifest_key: Callable[[str], bool] | None =
         return [ObjectCreated(bucket=r2_event.bucket, key=key, source="r2")]
     raise UnrecognisedEvent(
         "not an S3 event notification, an R2 event notification, an SQS batch or a reprocess request "
-        f"(top-level fields: {', '.join(sorted(document)) or 'none'})"
+        f"(top-level fields: {bounded(escaped(', '.join(sorted(map(str, document)))), 200) if document else 'none'})"
     )
 
 

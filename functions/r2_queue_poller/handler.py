@@ -61,9 +61,16 @@ def notification_parser(layout: Layout) -> Callable[[bytes | str], Sequence[trig
     def parse(body: bytes | str) -> Sequence[triggers.ObjectCreated]:
         try:
             document = strict_json.loads(body, "R2 notification")
-            return triggers.objects_in(document, is_manifest_key=is_manifest_key)
+            announced = triggers.objects_in(document, is_manifest_key=is_manifest_key)
         except (strict_json.InvalidJson, triggers.UnrecognisedEvent) as exc:
             raise UnusableMessage(str(exc)) from None
+        objects = [item for item in announced if isinstance(item, triggers.ObjectCreated)]
+        unusable = [item.reason for item in announced if isinstance(item, triggers.Unusable)]
+        if unusable and not objects:
+            raise UnusableMessage("; ".join(unusable))
+        for reason in unusable:  # its readable siblings are promoted, and the message acknowledged with them
+            logger.error("record of a message rejected: %s", reason)
+        return objects
 
     return parse
 

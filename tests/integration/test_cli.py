@@ -121,7 +121,19 @@ def test_fetch_downloads_the_promoted_last_checkpoint(cli_env, engine, trainer, 
 
 
 @pytest.mark.parametrize(
-    "argument", [["--job-id", "0"], ["--job-id", "2147483648"], ["--job-id", "x"], ["--best-epoch", "0"]]
+    "argument",
+    [
+        ["--job-id", "0"],
+        ["--job-id", "2147483648"],
+        ["--job-id", "x"],
+        ["--best-epoch", "0"],
+        ["--job-id", "+42"],
+        ["--job-id", "042"],
+        ["--job-id", "4_2"],
+        ["--job-id", " 42 "],
+        ["--job-id", "\u0664\u0662"],
+    ],
+    ids=str,
 )
 def test_ids_and_epochs_outside_the_platforms_range_are_refused_before_anything_runs(argument, tmp_path, capsys):
     where = {"--job-id": "42", "--project-id": "7", "--weights-dir": str(tmp_path), "--status": "completed"}
@@ -131,7 +143,7 @@ def test_ids_and_epochs_outside_the_platforms_range_are_refused_before_anything_
         main(["stage", *[part for pair in where.items() for part in pair]])
 
     assert exited.value.code == 2
-    assert "from 1 to 2147483647" in capsys.readouterr().err
+    assert "from 1 to 2147483647 in plain digits" in capsys.readouterr().err
 
 
 def test_a_trainer_cannot_stage_a_manifest_as_abandoned(tmp_path, capsys):
@@ -140,3 +152,25 @@ def test_a_trainer_cannot_stage_a_manifest_as_abandoned(tmp_path, capsys):
 
     assert exited.value.code == 2
     assert "invalid choice: 'abandoned'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["folder", "broken-link"])
+def test_stage_refuses_a_checkpoint_it_cannot_read_instead_of_staging_nothing(cli_env, tmp_path, capsys, kind):
+    (tmp_path / "last.pt").write_bytes(b"last")
+    if kind == "folder":
+        (tmp_path / "best.pt").mkdir()
+    else:
+        (tmp_path / "best.pt").symlink_to(tmp_path / "gone.pt")
+
+    code = main(["stage", "--job-id", "42", "--weights-dir", str(tmp_path), "--status", "completed"])
+
+    assert code == 1
+    assert "best.pt is not a readable file" in capsys.readouterr().err
+
+
+def test_db_upgrade_against_an_unreachable_database_says_so_in_one_line(capsys):
+    code = main(["--database-url", "postgresql+pg8000://postgres@127.0.0.1:1/none", "db", "upgrade"])
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("ckpt: ") and "Traceback" not in err and len(err.splitlines()) == 1

@@ -322,3 +322,58 @@ def test_application_name_and_connect_timeout_are_translated(server: Server) -> 
         name = connection.execute(text("SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()"))
         assert name.scalar_one() == "tls-test"
     engine.dispose()
+
+
+# --- values the server refuses only at connect time are refused before connecting ----------------------------
+# These used to reach the server: a NUL breaks the startup packet and a 100k-character name overflows it, so the
+# server closed the connection and the store raised DatabaseUnavailable, retried on every delivery for a setting
+# that could never work; a huge connect_timeout was an OverflowError in the socket call. (A password holding NUL
+# only got through because this server trusts local connections: no PostgreSQL password can hold one.)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({"query": {"application_name": "a\x00b"}}, id="application-name-nul"),
+        pytest.param({"query": {"application_name": "a" * 100_000}}, id="application-name-100k"),
+        pytest.param({"query": {"application_name": "a" * 64}}, id="application-name-64"),
+        pytest.param({"query": {"connect_timeout": "99999999999999999999"}}, id="connect-timeout-huge"),
+        pytest.param({"query": {"connect_timeout": "²"}}, id="connect-timeout-superscript"),
+        pytest.param({"username": "post\x00gres"}, id="user-nul"),
+        pytest.param({"username": "p" * 20_000}, id="user-20k"),
+        pytest.param({"database": "post\x00gres"}, id="database-nul"),
+        pytest.param({"password": "Zq7\x00Xw9"}, id="password-nul"),
+    ],
+)
+def test_values_the_server_would_refuse_are_configuration_errors_not_outages(
+    server: Server, changes: dict[str, object]
+) -> None:
+    url = server.url.set(**changes)
+    with pytest.raises(ConfigurationError) as caught:
+        PromotionStore(make_engine(url)).missing_tables()  # before: DatabaseUnavailable, or OverflowError
+    assert "Zq7" not in str(caught.value) and "aaaaaaaa" not in str(caught.value)
+    assert len(str(caught.value)) < 700
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param(
+            {"query": {"application_name": "ckpt promoter: eu-west-1/prod #3 (a~z) " + "x" * 24}}, id="name-63"
+        ),
+        pytest.param({"query": {"connect_timeout": "3600"}}, id="connect-timeout-3600"),
+        pytest.param({"query": {"connect_timeout": "0"}}, id="connect-timeout-0"),
+    ],
+)
+def test_values_at_the_limits_reach_the_server_intact(server: Server, changes: dict[str, object]) -> None:
+    url = server.url.set(**changes)
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            name = connection.execute(
+                text("SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    expected = dict(url.query).get("application_name", "checkpoint-promotion")
+    assert name == expected and len(name) <= 63

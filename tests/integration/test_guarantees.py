@@ -353,7 +353,7 @@ def test_every_bad_manifest_ends_in_a_recorded_rejection_with_its_reason(engine,
     [
         ("someone-elses-bucket", "staging/projects/7/jobs/42/attempts/1/manifest.json", "not the configured bucket"),
         ("vision-platform-prod", "checkpoints/projects/7/jobs/42/manifest.json", "outside the staging prefix"),
-        ("vision-platform-prod", "staging/projects/7/jobs/42/attempts/1/manifest.json", "no longer exists"),
+        ("vision-platform-prod", "staging/projects/7/jobs/42/attempts/1/manifest.json", "there is no manifest at"),
     ],
 )
 def test_events_for_foreign_or_missing_objects_are_recorded_rejections(engine, promoter, bucket, key, reason):
@@ -405,3 +405,18 @@ def test_a_duplicate_gives_rows_written_after_the_promotion_their_paths(engine, 
 
     assert (outcome.status, outcome.missing_rows, counting.copies) == (Status.DUPLICATE, [], 0)
     assert paths(engine, 42) == {18: URI_BEST, 20: URI_LAST}
+
+
+def test_epochs_left_to_the_database_are_resolved_again_when_a_duplicate_finds_the_rows(
+    engine, promoter, trainer, s3, layout
+):
+    files = {"best": Checkpoint(weights("best-1"), epoch=None), "last": Checkpoint(weights("last-1"), epoch=None)}
+    trainer.finish(attempt(1), files=files)  # `ckpt stage` without --best-epoch/--last-epoch
+    assert promote(promoter).status is Status.PROMOTED  # before the platform wrote any row: epochs unknown
+    add_epochs(engine, 42, {1: 0.2, 2: 0.9, 3: 0.5})
+
+    outcome = promote(promoter)
+
+    assert outcome.status is Status.DUPLICATE
+    assert paths(engine, 42) == {1: None, 2: URI_BEST, 3: URI_LAST}
+    assert state(engine)[1] == [(1, records(engine, 42)[0]["manifest_sha256"], 2, 3)]

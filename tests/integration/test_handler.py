@@ -271,3 +271,65 @@ def test_a_misconfigured_database_url_fails_the_batch_once_says_why_and_hides_th
 
     monkeypatch.setenv("DATABASE_URL", database_url)  # fixed: the next invocation builds again and works
     assert invoke(handler, batch) == {"batchItemFailures": []}
+
+
+@pytest.mark.parametrize("body", [None, 5, True, {"Records": []}, ["x"], "MISSING"], ids=str)
+def test_an_sqs_record_whose_body_is_not_text_is_answered_not_failed(handler, engine, body):
+    record = _sqs_record("{}", "odd-body")
+    if body == "MISSING":
+        del record["body"]
+    else:
+        record["body"] = body
+    good = _sqs_record(_s3_body("checkpoints/elsewhere.json"), "good")
+
+    answer = invoke(handler, {"Records": [record, good]})
+
+    assert answer == {"batchItemFailures": []}
+    assert [r["outcome"] for r in records(engine)] == ["rejected"]  # the good record, outside staging
+
+
+def test_an_sqs_record_without_a_message_id_is_answered_not_failed(handler, engine):
+    record = _sqs_record("not json", "x")
+    del record["messageId"]
+
+    assert invoke(handler, {"Records": [record, _sqs_record("{}", "y")]}) == {"batchItemFailures": []}
+
+
+@pytest.mark.parametrize("name", [5, None, ["b"], {"b": 1}, 1.5, True])
+def test_a_bucket_name_that_is_not_text_is_answered_and_its_sibling_promoted(handler, staged, engine, name):
+    notification = event("s3-object-created.json")
+    odd = copy.deepcopy(notification["Records"][0])
+    odd["s3"]["bucket"]["name"] = name
+    notification["Records"].insert(0, odd)
+
+    direct = invoke(handler, notification)
+    batch = invoke(handler, {"Records": [_sqs_record(json.dumps(notification), "m")]})
+
+    assert [o["outcome"] for o in direct["outcomes"]] == ["rejected", "promoted"]
+    assert "must be strings" in direct["outcomes"][0]["reason"]
+    assert batch == {"batchItemFailures": []}
+    assert paths(engine, 42)[18] == URI_BEST
+
+
+@pytest.mark.parametrize("count", ["5.0", "5"])
+def test_the_last_delivery_is_known_however_the_count_is_written(handler, staged, engine, monkeypatch, count):
+    monkeypatch.setattr(handler.get_promoter().storage, "copy", _store_down)
+    record = _sqs_record(_s3_body("staging/projects/7/jobs/42/attempts/1/manifest.json"), "m-1")
+    record["attributes"]["ApproximateReceiveCount"] = count
+
+    with pytest.raises(BatchProcessingError):
+        invoke(handler, {"Records": [record]})
+
+    assert [r["outcome"] for r in records(engine, 42)] == ["rejected"]
+
+
+def _store_down(*args: Any) -> Any:
+    raise StorageUnavailable("injected: 503 Slow Down")
+
+
+def test_a_stray_folder_beyond_the_largest_attempt_does_not_break_a_reprocess(handler, staged, engine, s3):
+    s3.put_object(Bucket="vision-platform-prod", Key="staging/projects/7/jobs/42/attempts/9999999999/x", Body=b"")
+
+    answer = invoke(handler, {"action": "reprocess", "project_id": 7, "job_id": 42})
+
+    assert [(o["outcome"], o["attempt"]) for o in answer["outcomes"]] == [("promoted", 1)]

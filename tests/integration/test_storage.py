@@ -190,3 +190,17 @@ def test_on_r2_a_source_replaced_during_a_multipart_copy_fails_the_copy(s3, monk
 
     with pytest.raises(ObjectChanged, match="changed while it was being copied"):
         storage.copy(source, "dst", {})
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "21", "\u0663", "99999999999999999999"])
+def test_aws_max_attempts_that_is_not_a_sane_number_is_a_configuration_error(aws_credentials, monkeypatch, value):
+    from ckpt.errors import ConfigurationError
+
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", value)
+    with pytest.raises(ConfigurationError, match="AWS_MAX_ATTEMPTS"):
+        make_client(region="us-east-1")
+
+
+def test_aws_max_attempts_sets_the_retries(aws_credentials, monkeypatch):
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "3")
+    assert make_client(region="us-east-1").meta.config.retries["total_max_attempts"] == 3

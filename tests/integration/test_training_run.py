@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -70,6 +71,29 @@ def test_an_exception_stages_with_its_text_and_is_re_raised(s3, tmp_path):
         raise RuntimeError("CUDA out of memory")
 
     assert (manifest(s3).status, manifest(s3).error) == ("failed", "RuntimeError: CUDA out of memory")
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Error(s) in loading state_dict: Missing key(s): " + ", ".join(f'"model.{n}.weight"' for n in range(3000)),
+        "cannot open " + os.fsdecode(b"/data/img_\xe9.jpg"),  # a lone surrogate: not encodable as UTF-8
+    ],
+    ids=["70k-characters", "lone-surrogate"],
+)
+def test_whatever_an_exception_says_the_manifest_is_one_the_function_accepts(
+    s3, tmp_path, message, engine, promoter, layout
+):
+    with pytest.raises(RuntimeError), run_for(s3, tmp_path, metric=Metric(name="mAP\udcff" * 300)) as run:
+        train(run, tmp_path, [0.5])
+        raise RuntimeError(message)
+
+    assert run.result is not None and run.result.ok
+    written = manifest(s3)  # parsed by the function's own parser
+    assert written.error is not None and written.error.startswith("RuntimeError: ")
+    assert len(written.error) <= 8192
+    outcome = promoter.promote_key(layout.bucket, layout.manifest_key(attempt(1)), trigger="test")
+    assert outcome.status == "promoted"
 
 
 def test_an_early_stop_with_last_only_lists_last_only(s3, tmp_path):
@@ -254,3 +278,13 @@ def test_the_logged_stage_command_repeats_everything_the_manifest_needed(aws_cre
         f"ckpt stage --project-id 7 --job-id 42 --attempt 2 --weights-dir {tmp_path} --status failed "
         "--best-epoch 4 --last-epoch 4 --metric-name mAP50-95 --metric-mode max --error 'RuntimeError: disk full'"
     ) in caplog.text
+
+
+def test_after_the_largest_attempt_a_run_says_to_give_the_attempt_and_still_ends_as_it_would(s3, tmp_path, caplog):
+    s3.put_object(Bucket=BUCKET, Key="staging/projects/7/jobs/42/attempts/2147483647/manifest.json", Body=b"{}")
+
+    with run_for(s3, tmp_path) as run:
+        train(run, tmp_path, [0.5])
+
+    assert run.result is not None and not run.result.ok
+    assert "give the attempt explicitly" in (run.result.error or "")

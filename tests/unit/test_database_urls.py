@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from pg8000.exceptions import DatabaseError, InterfaceError
+from sqlalchemy.engine import URL
 
 from ckpt.config import Settings, database_url_from_secret
 from ckpt.db.engine import (
+    SHOWN_PARAMETERS,
     SUPPORTED_PARAMETERS,
     TlsPolicy,
     make_engine,
@@ -184,9 +188,7 @@ def test_an_encoded_password_is_decoded_exactly() -> None:
     assert (url.password, url.host) == ("p@ss:w/rd?#%", "db.internal")
 
 
-@pytest.mark.parametrize(
-    "text", ["sqlite:///ckpt.db", "sqlite://", "sqlite+pysqlite:////tmp/ckpt.db", "sqlite:///x?mode=ro"]
-)
+@pytest.mark.parametrize("text", ["sqlite:///ckpt.db", "sqlite://", "sqlite+pysqlite:////tmp/ckpt.db"])
 def test_sqlite_urls_pass_unchanged(text: str) -> None:
     assert parse_database_url(text).render_as_string() == text
 
@@ -468,3 +470,365 @@ def test_engine_from_a_secret_with_a_hostile_password_and_tls() -> None:
     engine = engine_from_settings(settings, lambda _arn: json.dumps(secret))
     assert engine.url.password == RDS["password"]
     assert "Zq7" not in repr(engine) and "Zq7" not in str(engine.url)
+
+
+# --- red-team findings: configuration that escaped as a raw library error, or as an outage, or echoed a secret ---
+# Each value here used to raise ValueError, OverflowError or TypeError (no once-per-environment log, CLI exit 1),
+# or to fail only at connect time as DatabaseUnavailable (retried for ever), or to show a secret in the message.
+
+BASE = "postgresql+pg8000://ckpt:Zq7Xw9@192.0.2.1/platform"  # TEST-NET: nothing answers, nothing may connect
+SECRET_VALUE = "Zq7Xw9Kp3"
+READERS: list[Callable[[str], Any]] = [
+    parse_database_url,
+    make_engine,
+    lambda text: database_url(Settings(database_url=text)),
+    lambda text: database_url_from_secret({"url": text}),
+]
+READER_IDS = ["parse", "make_engine", "DATABASE_URL", "secret-url"]
+
+
+class _Captured(Exception):
+    """Raised by connect_parameters' listener instead of connecting."""
+
+
+def connect_parameters(engine: Any) -> dict[str, Any]:
+    """The keywords pg8000's connect would be given, captured instead of connecting."""
+    seen: dict[str, Any] = {}
+
+    def capture(*_args: Any, **keywords: Any) -> None:
+        seen.update(keywords)
+        raise _Captured
+
+    with mock.patch.object(engine.dialect.loaded_dbapi, "connect", capture), pytest.raises(_Captured):
+        engine.connect()
+    engine.dispose()
+    return seen
+
+
+# Finding 1: int() takes any Unicode digit ('²' passes isdigit() and fails int(); '٣' is read as 3).
+@pytest.mark.parametrize(
+    "value",
+    ["%C2%B2", "%D9%A3", "%EF%BC%95", "%E2%91%A0", "+5", "%205", "5%20", "5.0", "1e3", "0x10", "-1", "five"],
+)
+@pytest.mark.parametrize("read", READERS, ids=READER_IDS)
+def test_connect_timeout_must_be_ascii_digits(value: str, read: Callable[[str], Any]) -> None:
+    with pytest.raises(ConfigurationError, match="connect_timeout that is not a whole number of seconds from 0 to"):
+        read(f"{BASE}?connect_timeout={value}")
+
+
+@pytest.mark.parametrize(
+    "port", ["%C2%B2", "²", "٥٤٣٢", "\uff15\uff14\uff13\uff12", "+5432", " 5432", "5432 ", "005432"]
+)
+def test_the_url_port_must_be_ascii_digits(port: str) -> None:
+    with pytest.raises(ConfigurationError, match="port that is not a number from 1 to 65535") as caught:
+        parse_database_url(f"postgresql+pg8000://ckpt:Zq7Xw9@db.internal:{port}/platform")
+    assert_hidden(caught.value, "Zq7Xw9")
+
+
+# Finding 2: a huge connect_timeout was an OverflowError at the first connection.
+@pytest.mark.parametrize("value", ["3601", "86400", "99999999999999999999", "9" * 5000])
+def test_connect_timeout_is_bounded_when_the_url_is_read(value: str) -> None:
+    for read in READERS:
+        with pytest.raises(ConfigurationError, match="from 0 to 3600") as caught:
+            read(f"{BASE}?connect_timeout={value}")
+        assert len(str(caught.value)) < 700
+
+
+@pytest.mark.parametrize(("value", "timeout"), [("0", None), ("1", 1), ("0010", 10), ("3600", 3600)])
+def test_connect_timeout_within_its_bounds_reaches_pg8000_as_seconds(value: str, timeout: int | None) -> None:
+    assert connect_parameters(make_engine(f"{BASE}?connect_timeout={value}"))["timeout"] == timeout
+
+
+def test_the_default_connect_timeout_is_ten_seconds() -> None:
+    assert connect_parameters(make_engine(BASE))["timeout"] == 10
+
+
+# Finding 4: SQLite URLs passed their query to pysqlite: a repeated timeout was a TypeError, mode=ro was ignored.
+@pytest.mark.parametrize(
+    "query",
+    [
+        "timeout=1&timeout=2",
+        "timeout=5",
+        "mode=ro",
+        "uri=true&mode=ro",
+        "isolation_level=SERIALIZABLE",
+        "check_same_thread=false",
+        "cache=shared",
+        "password=Zq7Xw9Kp3",
+    ],
+)
+@pytest.mark.parametrize("read", READERS, ids=READER_IDS)
+def test_sqlite_urls_take_no_parameters(query: str, read: Callable[[str], Any], tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="a SQLite URL takes none here: use sqlite:///PATH") as caught:
+        read(f"sqlite:///{tmp_path}/ckpt.db?{query}")
+    assert_hidden(caught.value, SECRET_VALUE)
+
+
+def test_a_sqlite_url_object_with_parameters_is_refused_too(tmp_path: Path) -> None:
+    url = URL.create("sqlite", database=str(tmp_path / "ckpt.db"), query={"timeout": ("1", "2")})
+    with pytest.raises(ConfigurationError, match=r"parameters \(timeout\)"):
+        make_engine(url)
+
+
+def test_a_sqlite_url_naming_a_server_is_refused_when_read() -> None:
+    with pytest.raises(ConfigurationError, match="SQLite opens a file") as caught:
+        parse_database_url("sqlite://ckpt:Zq7Xw9@db.internal/ckpt.db")
+    assert_hidden(caught.value, "Zq7Xw9")
+
+
+# Finding 6: values PostgreSQL refuses only in the startup packet were DatabaseUnavailable, retried for ever.
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        pytest.param("a%00b", "printable ASCII", id="nul"),
+        pytest.param("a%0Ab", "printable ASCII", id="line-break"),
+        pytest.param("a%09b", "printable ASCII", id="tab"),
+        pytest.param("%C3%A9t%C3%A9", "printable ASCII", id="non-ascii"),
+        pytest.param("a" * 64, "longer than 63 characters", id="64-characters"),
+        pytest.param("a" * 100_000, "longer than 63 characters", id="100k-characters"),
+    ],
+)
+@pytest.mark.parametrize("read", READERS, ids=READER_IDS)
+def test_an_application_name_postgresql_cannot_take_is_refused_when_read(
+    value: str, words: str, read: Callable[[str], Any]
+) -> None:
+    with pytest.raises(ConfigurationError, match=f"application_name that .*{words}") as caught:
+        read(f"{BASE}?application_name={value}")
+    assert "aaaa" not in str(caught.value) and "t%C3%A9" not in str(caught.value)  # the value is never shown
+    assert len(str(caught.value)) < 700
+
+
+def test_an_application_name_of_63_printable_characters_reaches_pg8000_exactly() -> None:
+    name = "ckpt promoter: eu-west-1/prod #3 (a~z) " + "x" * 24
+    assert len(name) == 63
+    engine = make_engine(URL.create("postgresql+pg8000", "ckpt", "pw", "192.0.2.1", query={"application_name": name}))
+    assert connect_parameters(engine)["application_name"] == name
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        pytest.param(
+            "postgresql+pg8000://ck%00pt:Zq7Xw9@db.internal/platform", "user name that holds a NUL", id="user"
+        ),
+        pytest.param(
+            f"postgresql+pg8000://{'u' * 64}:Zq7Xw9@db.internal/platform", "user name that is longer", id="long-user"
+        ),
+        pytest.param(
+            f"postgresql+pg8000://{'%C3%A9' * 32}:Zq7Xw9@db.internal/p", "longer than 63 bytes", id="user-bytes"
+        ),
+        pytest.param(
+            "postgresql+pg8000://ckpt:Zq7%00Xw9@db.internal/platform", "password that holds a NUL", id="password"
+        ),
+        pytest.param(
+            "postgresql+pg8000://ckpt:Zq7Xw9@db.internal/plat%00form", "database name that holds", id="database"
+        ),
+        pytest.param(
+            f"postgresql+pg8000://ckpt:Zq7Xw9@db.internal/{'d' * 64}", "database name that is longer", id="long-db"
+        ),
+        pytest.param(
+            "postgresql+pg8000://ckpt:Zq7Xw9@db.internal/platform?sslmode=verify-full&sslrootcert=/ca%00.pem",
+            "sslrootcert with a NUL",
+            id="sslrootcert",
+        ),
+        pytest.param("postgresql+pg8000://ckpt:Zq7\udcffXw9@db.internal/platform", "not valid UTF-8", id="surrogate"),
+        pytest.param("sqlite:////tmp/ck%00pt.db", "path with a NUL", id="sqlite-path"),
+    ],
+)
+@pytest.mark.parametrize("read", READERS, ids=READER_IDS)
+def test_names_postgresql_or_sqlite_cannot_take_are_refused_when_read(
+    text: str, words: str, read: Callable[[str], Any]
+) -> None:
+    with pytest.raises(ConfigurationError, match=words) as caught:
+        read(text)
+    assert_hidden(caught.value, "Zq7Xw9")
+    assert len(str(caught.value)) < 700
+
+
+def test_a_name_of_63_bytes_is_accepted() -> None:
+    url = parse_database_url(f"postgresql+pg8000://{'%C3%A9' * 31}u:pw@db.internal/{'d' * 63}")
+    assert url.username and url.database
+    assert (len(url.username.encode()), len(url.database.encode())) == (63, 63)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({"username": "ck\x00pt"}, id="user-nul"),
+        pytest.param({"username": "ck\ud800pt"}, id="user-surrogate"),
+        pytest.param({"password": "Zq7\ud800Xw9"}, id="password-surrogate"),
+        pytest.param({"database": "d" * 64}, id="long-database"),
+        pytest.param({"query": {"sslrootcert": "/c\udcffa.pem"}}, id="sslrootcert-surrogate"),
+    ],
+)
+def test_url_objects_are_checked_as_url_text_is(changes: dict[str, Any]) -> None:
+    url = URL.create("postgresql+pg8000", "ckpt", "Zq7Xw9", "db.internal", database="platform").set(**changes)
+    with pytest.raises(ConfigurationError) as caught:
+        make_engine(url)
+    assert_hidden(caught.value, "Zq7Xw9")
+
+
+@pytest.mark.parametrize(
+    ("make_path", "words"),
+    [
+        pytest.param(lambda tmp: tmp / "missing" / "ckpt.db", "folder .*missing does not exist", id="no-folder"),
+        pytest.param(lambda tmp: tmp, "is a folder: name a file in it", id="a-folder"),
+        pytest.param(
+            lambda tmp: tmp / "file.txt" / "ckpt.db", "does not exist \\(or is not a folder\\)", id="in-a-file"
+        ),
+        pytest.param(lambda tmp: tmp / "file.txt", "is not a SQLite database file", id="not-a-database"),
+    ],
+)
+def test_a_sqlite_file_that_cannot_be_opened_is_refused_when_the_engine_is_made(
+    make_path: Callable[[Path], Path], words: str, tmp_path: Path
+) -> None:
+    (tmp_path / "file.txt").write_text("not a database\n")
+    text = f"sqlite:///{make_path(tmp_path)}"
+    for read in (make_engine, lambda t: engine_from_settings(Settings(database_url=t))):
+        with pytest.raises(ConfigurationError, match=words):
+            read(text)
+    assert parse_database_url(text)  # reading the URL touches no file: only making the engine does
+
+
+@pytest.mark.parametrize("text", ["sqlite://", "sqlite:///:memory:", "sqlite:///ckpt.db", "sqlite:///data/ckpt.db"])
+def test_sqlite_in_memory_and_relative_paths_still_work(
+    text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    engine = make_engine(text)
+    with engine.begin() as connection:
+        assert connection.exec_driver_sql("SELECT 1").scalar_one() == 1
+    engine.dispose()
+
+
+def test_an_existing_or_empty_sqlite_file_is_accepted(tmp_path: Path) -> None:
+    (tmp_path / "empty.db").touch()  # SQLite reads an empty file as an empty database
+    for name in ("empty.db", "ckpt.db", "ckpt.db"):  # the second ckpt.db is the file the first one created
+        engine = make_engine(f"sqlite:///{tmp_path / name}")
+        with engine.begin() as connection:
+            connection.exec_driver_sql("CREATE TABLE IF NOT EXISTS t (x INTEGER)")
+        engine.dispose()
+
+
+# Finding 7: the values of query parameters were shown in messages, unless the name held "pass".
+@pytest.mark.parametrize(
+    "query",
+    [
+        f"pwd={SECRET_VALUE}",
+        f"token={SECRET_VALUE}",
+        f"api_key={SECRET_VALUE}",
+        f"options=-c%20password%3D{SECRET_VALUE}",
+        f"sslkey=/keys/{SECRET_VALUE}.pem",
+        f"sslpassword={SECRET_VALUE}",
+        f"sslmode=require&secret={SECRET_VALUE}",
+        f"sslmode=require&token={SECRET_VALUE}&token=other",
+        f"application_name={SECRET_VALUE}%00",
+        f"application_name={SECRET_VALUE}{'x' * 60}",
+        f"%74oken={SECRET_VALUE}",
+        f"t%C3%B6ken={SECRET_VALUE}",
+        f"sslmode=require&{SECRET_VALUE[:3]}%00{SECRET_VALUE[3:]}=1",
+    ],
+)
+@pytest.mark.parametrize("read", READERS, ids=READER_IDS)
+def test_no_message_shows_a_parameter_value_that_could_be_secret(query: str, read: Callable[[str], Any]) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        read(f"{BASE}?{query}")
+    assert_hidden(caught.value, SECRET_VALUE, "Zq7Xw9")
+
+
+def test_messages_name_unknown_parameters_and_show_only_values_that_cannot_be_secret() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        parse_database_url(f"{BASE}?sslmode=require&connect_timeout=5&pwd={SECRET_VALUE}", "DATABASE_URL")
+    assert str(caught.value) == (
+        "DATABASE_URL (postgresql+pg8000://***@192.0.2.1/platform?connect_timeout=5&pwd=***&sslmode=require) "
+        "has parameters this service does not understand: pwd; "
+        "supported: sslmode, sslrootcert, connect_timeout, application_name"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        (f"postgresql+pg8000://db/platform?token={SECRET_VALUE}&sslmode=require", "?token=***&sslmode=require"),
+        (f"postgresql+pg8000://db/platform?options=-c%20x%3D{SECRET_VALUE}", "?options=***"),
+        (f"postgresql+pg8000://db/platform?application_name={SECRET_VALUE}", "?application_name=***"),
+        (
+            "postgresql+pg8000://db/platform?sslrootcert=/opt/python/certs/global-bundle.pem&connect_timeout=5",
+            "?sslrootcert=/opt/python/certs/global-bundle.pem&connect_timeout=5",
+        ),
+        (f"postgresql+pg8000://db/platform?sslmode={SECRET_VALUE}{'x' * 200}", "?sslmode=***"),
+        (f"postgresql+pg8000://db/platform?sslmode={SECRET_VALUE}#x", "?sslmode=***"),
+        (f"postgresql+pg8000://db/platform?{SECRET_VALUE}%00=1", "?***=***"),
+        ("postgresql+pg8000://db:%C2%B2/platform", "postgresql+pg8000://***"),
+    ],
+)
+def test_redacted_shows_only_values_that_cannot_be_secret(text: str, shown: str) -> None:
+    assert redacted(text).endswith(shown)
+    assert SECRET_VALUE not in redacted(text)
+
+
+@pytest.mark.parametrize("query", ["sslmode", "sslmode=", "sslmode=verify-full&connect_timeout", "a=1&&sslmode="])
+def test_a_parameter_without_a_value_is_refused_not_silently_dropped(query: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"parameters without a value: (sslmode|connect_timeout)"):
+        parse_database_url(f"{BASE}?{query}")
+
+
+# The class: any value of any supported parameter is either accepted as something pg8000 can use, or refused
+# with a ConfigurationError that shows no value a secret could be in.
+HOSTILE_VALUES = [
+    "%00",
+    "a%00b",
+    "%C2%B2",
+    "%D9%A3",
+    "9" * 30,
+    "9" * 5000,
+    "x" * 100_000,
+    "%FF",
+    "%ED%A0%80",
+    "-1",
+    "%0A",
+    "%E2%80%8B",
+    "%2F" * 3000,
+    SECRET_VALUE,
+]
+
+
+@pytest.mark.parametrize("value", HOSTILE_VALUES, ids=range(len(HOSTILE_VALUES)))
+@pytest.mark.parametrize("name", SUPPORTED_PARAMETERS)
+def test_any_value_of_a_supported_parameter_is_usable_or_a_configuration_error(name: str, value: str) -> None:
+    try:
+        engine = make_engine(f"{BASE}?{name}={value}")
+    except ConfigurationError as exc:
+        assert len(str(exc)) < 1000
+        if name not in SHOWN_PARAMETERS:
+            assert_hidden(exc, SECRET_VALUE)
+        return
+    keywords = connect_parameters(engine)
+    assert keywords["timeout"] is None or 0 < keywords["timeout"] <= 3600
+    assert re.fullmatch(r"[ -~]{1,63}", keywords["application_name"])
+
+
+# Finding 8: the CLI exits 2 on a configuration error (1 for the raw errors these were, or a traceback).
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param(f"{BASE}?connect_timeout=%C2%B2", id="connect-timeout-superscript"),
+        pytest.param(f"{BASE}?connect_timeout=99999999999999999999", id="connect-timeout-huge"),
+        pytest.param(f"{BASE}?application_name=a%00b", id="application-name-nul"),
+        pytest.param(f"{BASE}?token={SECRET_VALUE}", id="unknown-parameter"),
+        pytest.param("sqlite:///{tmp}/ckpt.db?timeout=1&timeout=2", id="sqlite-repeated-parameter"),
+        pytest.param("sqlite:///{tmp}/missing/ckpt.db", id="sqlite-no-folder"),
+        pytest.param("sqlite:///{tmp}", id="sqlite-folder"),
+    ],
+)
+def test_the_cli_exits_2_on_these_configuration_errors(
+    url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ckpt.cli import main
+
+    monkeypatch.delenv("DATABASE_SECRET_ARN", raising=False)
+    assert main(["--database-url", url.replace("{tmp}", str(tmp_path)), "db", "current"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("ckpt: ") and "Traceback" not in error
+    assert "Zq7" not in error and "Xw9" not in error

@@ -305,6 +305,8 @@ def test_attempts_in_reads_the_attempt_of_an_attempt_folder(ref: AttemptRef) -> 
         pytest.param("3", id="no-trailing-slash"),
         pytest.param("3/extra/", id="nested-folder"),
         pytest.param("", id="attempts-folder-itself"),
+        pytest.param("2147483648/", id="beyond-32-bit"),
+        pytest.param("9999999999/", id="ten-nines"),
     ],
 )
 def test_attempts_in_skips_other_folders(suffix: str) -> None:

@@ -371,3 +371,19 @@ def test_ids_beyond_the_platforms_integer_columns_are_rejected(change: dict[str,
 def test_json_that_crashes_the_parser_is_a_manifest_error(raw: bytes) -> None:
     with pytest.raises(ManifestError):
         parse_manifest(raw)
+
+
+@pytest.mark.parametrize("name", ["Best", "LAST", "best.pt", "last_", "Best.PT"])
+def test_a_checkpoint_name_that_reads_as_best_or_last_is_a_typo_not_an_extra(name: str) -> None:
+    document = example()
+    document["checkpoints"][name] = document["checkpoints"].pop("best")
+
+    with pytest.raises(ManifestError, match="is not a checkpoint name"):
+        parse_manifest(encode(document))
+
+
+def test_other_checkpoint_entries_are_kept_for_forward_compatibility() -> None:
+    document = example()
+    document["checkpoints"]["ema"] = document["checkpoints"]["best"]
+
+    assert "ema" in parse_manifest(encode(document)).checkpoints.model_extra

@@ -274,6 +274,15 @@ def s3_record_without(*path: str) -> dict[str, Any]:
     return event
 
 
+def s3_record_with(path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    event = load("s3-object-created.json")
+    target = event["Records"][0]
+    for part in path[:-1]:
+        target = target[part]
+    target[path[-1]] = value
+    return event
+
+
 UNKNOWN_SHAPES = {
     "empty-object": ({}, "top-level fields: none"),
     "unrelated-object": ({"hello": "world"}, "top-level fields: hello"),
@@ -282,12 +291,30 @@ UNKNOWN_SHAPES = {
     "r2-object-without-key": ({**r2_event(), "object": {"size": 1}}, "invalid R2 event notification"),
     "r2-object-not-an-object": ({**r2_event(), "object": KEY}, "invalid R2 event notification"),
     "records-not-a-list": ({"Records": "x"}, "invalid S3 event notification"),
-    "s3-record-without-object": (s3_record_without("s3", "object"), "invalid S3 event notification"),
-    "s3-record-without-s3": (s3_record_without("s3"), "invalid S3 event notification"),
-    "empty-record": ({"Records": [{}]}, "invalid S3 event notification"),
-    "record-not-an-object": ({"Records": ["x"]}, "invalid S3 event notification"),
-    "sns-event": (sns_event(), "invalid S3 event notification"),
 }
+# Records that cannot be read: each is answered on its own (Unusable), so its siblings are still promoted.
+UNUSABLE_RECORDS = {
+    "s3-record-without-object": (s3_record_without("s3", "object"), "invalid S3 event record"),
+    "s3-record-without-s3": (s3_record_without("s3"), "invalid S3 event record"),
+    "empty-record": ({"Records": [{}]}, "invalid S3 event record"),
+    "record-not-an-object": ({"Records": ["x"]}, "must be a JSON object"),
+    "sns-event": (sns_event(), "eventSource is"),
+    "bucket-name-a-number": (s3_record_with(("s3", "bucket", "name"), 5), "must be strings"),
+    "key-null": (s3_record_with(("s3", "object", "key"), None), "must be strings"),
+}
+
+
+@pytest.mark.parametrize(("event", "message"), UNUSABLE_RECORDS.values(), ids=UNUSABLE_RECORDS.keys())
+def test_a_record_that_cannot_be_read_is_answered_alone_and_its_siblings_still_count(
+    event: dict[str, Any], message: str
+) -> None:
+    good = json.loads((EVENTS / "s3-object-created.json").read_text())["Records"][0]
+    event = {"Records": [*event["Records"], good]}
+
+    bad, created = triggers.objects_in(event)
+
+    assert isinstance(bad, triggers.Unusable) and message in bad.reason
+    assert created == triggers.ObjectCreated(bucket="vision-platform-prod", key=KEY, source="s3")
 
 
 @pytest.mark.parametrize(("event", "message"), UNKNOWN_SHAPES.values(), ids=UNKNOWN_SHAPES.keys())
@@ -303,7 +330,8 @@ def test_unknown_shapes_are_unrecognised_with_a_helpful_message(event: dict[str,
         pytest.param("not json", "not valid JSON", id="text"),
         pytest.param("", "not valid JSON", id="empty"),
         pytest.param('{"Records": [', "not valid JSON", id="truncated"),
-        pytest.param("[" * 100_000 + "]" * 100_000, "nests too deeply", id="deeply-nested"),
+        pytest.param("[" * 100_000 + "]" * 100_000, "nests deeper than 64 levels", id="deeply-nested"),
+        pytest.param("[" * 65 + "]" * 65, "nests deeper than 64 levels", id="nested-65"),
         pytest.param("1" * 5000, "not usable JSON", id="integer-too-long"),
         pytest.param('{"Event": "s3:TestEvent", "Event": "x"}', "'Event' appears more than once", id="repeated-key"),
         pytest.param("[]", "JSON object", id="array"),

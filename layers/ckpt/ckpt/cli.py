@@ -24,12 +24,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import get_args
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from ckpt.config import Settings
 from ckpt.db import migrate
 from ckpt.db.store import PromotionStore
 from ckpt.errors import ConfigurationError, Rejected, TransientError
 from ckpt.fetch import fetch_checkpoint
-from ckpt.keys import MAX_ID, AttemptRef, JobRef, check_id
+from ckpt.keys import MAX_ID, AttemptRef, JobRef, parse_id
 from ckpt.manifest import Metric, TrainerStatus
 from ckpt.outcome import Status
 from ckpt.service import build_promoter, engine_from_settings, s3_client
@@ -45,12 +47,18 @@ def _read_secret(arn: str) -> str:
 
 
 def _id(text: str) -> int:
-    """An id, attempt or epoch: a plain integer from 1 to MAX_ID (the platform's 32-bit columns; epochs 1-based)."""
-    try:
-        value = int(text)
-        check_id("value", value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer from 1 to {MAX_ID}, got {text!r}") from None
+    """An id, attempt or epoch: plain decimal digits, as in the contract's keys (not "+7", "07", "4_2" or
+    non-ASCII digits), from 1 to MAX_ID (the platform's 32-bit columns; epochs are 1-based)."""
+    value = parse_id(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to {MAX_ID} in plain digits, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = parse_id(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return value
 
 
@@ -72,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
 
     history = commands.add_parser("history", help="recorded promotion outcomes, newest first")
     history.add_argument("--job-id", type=_id, default=None)
-    history.add_argument("--limit", type=int, default=20)
+    history.add_argument("--limit", type=_count, default=20)
 
     stage = commands.add_parser("stage", help="stage a run's best.pt/last.pt and write its manifest")
     stage.add_argument("--project-id", type=_id, default=None, help="omit for test jobs")
@@ -106,6 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigurationError, Rejected, TransientError, OSError, ValueError) as exc:
         print(f"ckpt: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigurationError) else 1
+    except SQLAlchemyError as exc:  # from the migrations, which talk to the database without the store
+        cause = getattr(exc, "orig", None) or exc
+        print(f"ckpt: database error: {type(cause).__name__}: {cause}", file=sys.stderr)
+        return 1
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:

@@ -26,6 +26,7 @@ import email.utils
 import json
 import logging
 import math
+import re
 import time
 import urllib.error
 import urllib.request
@@ -282,7 +283,7 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if re.fullmatch(r"[0-9]{1,6}", value):  # ASCII digits only, and bounded: isdigit() admits "²" and "٣"
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)

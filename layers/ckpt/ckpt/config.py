@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import URL
 
-from ckpt.db.engine import check_database_url, parse_database_url
+from ckpt.db.engine import check_database_url, parse_database_url, shown
 from ckpt.errors import ConfigurationError
 from ckpt.keys import Layout
 from ckpt.profiles import StorageProfile, profile_for
@@ -69,19 +70,37 @@ class Settings:
 def _json_object(secret: str | Mapping[str, Any], what: str) -> Mapping[str, Any]:
     try:
         document = json.loads(secret) if isinstance(secret, str) else secret
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON; a number of 5,000 digits (ValueError); nesting too deep
         document = None
     if not isinstance(document, Mapping):
         raise ConfigurationError(f"{what} secret must be a JSON object")
     return document
 
 
+STORAGE_CREDENTIAL_FIELDS = ("access_key_id", "secret_access_key")
+
+
 def storage_credentials_from_secret(secret: str | Mapping[str, Any]) -> dict[str, str]:
-    """boto3 credentials from a secret holding ``access_key_id`` and ``secret_access_key``."""
+    """boto3 credentials from a secret holding ``access_key_id`` and ``secret_access_key``: non-empty JSON strings
+    of printable ASCII without spaces, as every access key is. Anything else would fail every request (botocore
+    asserts on a key that is not a string; a pasted line break fails every signature), so it is refused here,
+    naming the field and never showing its value."""
     document = _json_object(secret, "storage credentials")
-    missing = [name for name in ("access_key_id", "secret_access_key") if not document.get(name)]
+    missing = [name for name in STORAGE_CREDENTIAL_FIELDS if document.get(name) in (None, "")]
     if missing:
         raise ConfigurationError(f"storage credentials secret lacks {', '.join(missing)}")
+    not_text = [name for name in STORAGE_CREDENTIAL_FIELDS if not isinstance(document[name], str)]
+    if not_text:
+        raise ConfigurationError(
+            f"storage credentials secret: {' and '.join(not_text)} must be "
+            f"{'a JSON string' if len(not_text) == 1 else 'JSON strings'} (the key as the store issued it)"
+        )
+    malformed = [name for name in STORAGE_CREDENTIAL_FIELDS if not re.fullmatch(r"[!-~]+", document[name])]
+    if malformed:
+        raise ConfigurationError(
+            f"storage credentials secret: {', '.join(malformed)} must be printable ASCII without spaces or line "
+            "breaks, as access keys are: copy the key again as the store issued it"
+        )
     return {
         "aws_access_key_id": document["access_key_id"],
         "aws_secret_access_key": document["secret_access_key"],
@@ -98,8 +117,8 @@ def database_url_from_secret(secret: str | Mapping[str, Any]) -> URL:
             raise ConfigurationError("database secret: url must be a string")
         return parse_database_url(document["url"], "the database secret's url")
     engine = document.get("engine")
-    if engine is not None and "postgres" not in str(engine).lower():
-        raise ConfigurationError(f"database secret is for engine {engine!r}: only PostgreSQL is supported")
+    if engine is not None and not (isinstance(engine, str) and "postgres" in engine.lower()):
+        raise ConfigurationError(f"database secret is for engine {shown(engine)}: only PostgreSQL is supported")
     missing = [name for name in ("username", "password", "host") if not document.get(name)]
     if missing:
         raise ConfigurationError(f"database secret lacks {', '.join(missing)}")
@@ -127,11 +146,12 @@ def _present_but_not_text(document: Mapping[str, Any], name: str) -> bool:
 
 
 def _secret_port(value: Any) -> int:
-    """The RDS layout's port: a JSON number or a string of digits; absent means PostgreSQL's 5432."""
+    """The RDS layout's port: a JSON number or a string of ASCII digits; absent means PostgreSQL's 5432.
+    The digits are checked before int(), which takes '²' as a digit and refuses 5,000 digits with ValueError."""
     if value is None or value == "":
         return 5432
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,5}", value.strip()):
+        value = int(value.strip())
     if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535:
         return value
-    raise ConfigurationError(f"database secret: port {value!r} is not a number from 1 to 65535")
+    raise ConfigurationError(f"database secret: port {shown(value)} is not a number from 1 to 65535")

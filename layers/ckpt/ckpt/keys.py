@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from ckpt.text import shown
+
 CheckpointName = Literal["best", "last"]
 CHECKPOINT_NAMES: tuple[CheckpointName, ...] = ("best", "last")
 MANIFEST_FILE = "manifest.json"
@@ -24,7 +26,15 @@ def check_id(name: str, value: int | None, *, optional: bool = False) -> None:
     if value is None and optional:
         return
     if type(value) is not int or not 0 < value <= MAX_ID:
-        raise ValueError(f"{name} must be an integer from 1 to {MAX_ID}, got {value!r}")
+        raise ValueError(f"{name} must be an integer from 1 to {MAX_ID}, got {shown(value, 40)}")
+
+
+def parse_id(text: str) -> int | None:
+    """An id, attempt or epoch written as the contract writes them (plain decimal, no sign, no leading zero, at
+    most MAX_ID), or None."""
+    if not re.fullmatch(_ID, text) or int(text) > MAX_ID:
+        return None
+    return int(text)
 
 
 _STAGED_FOLDER = re.compile(
@@ -106,15 +116,15 @@ class Layout:
         and ``NotAManifest`` for staging keys that do not follow the layout (ignored by contract).
         """
         if not key.startswith(self.staging_prefix):
-            raise OutsideStaging(f"key {key!r} is outside the staging prefix {self.staging_prefix!r}")
+            raise OutsideStaging(f"key {shown(key)} is outside the staging prefix {self.staging_prefix!r}")
         rest = key[len(self.staging_prefix) :]
         folder, _, filename = rest.rpartition("/")
         if filename != MANIFEST_FILE:
-            raise NotAManifest(f"key {key!r} does not end in /{MANIFEST_FILE}")
+            raise NotAManifest(f"key {shown(key)} does not end in /{MANIFEST_FILE}")
         match = _STAGED_FOLDER.match(folder + "/")
         if match is None:
             raise NotAManifest(
-                f"key {key!r} does not match {self.staging_prefix}projects/{{project_id}}/jobs/{{job_id}}"
+                f"key {shown(key)} does not match {self.staging_prefix}projects/{{project_id}}/jobs/{{job_id}}"
                 f"/attempts/{{attempt}}/{MANIFEST_FILE} or {self.staging_prefix}test-jobs/job_{{job_id}}"
                 f"/attempts/{{attempt}}/{MANIFEST_FILE} with positive decimal ids"
             )
@@ -125,12 +135,13 @@ class Layout:
                 job = JobRef(job_id=int(match["job_id"]), project_id=int(match["project_id"]))
             return AttemptRef(job=job, attempt=int(match["attempt"]))
         except ValueError as exc:
-            raise NotAManifest(f"key {key!r}: {exc}") from None
+            raise NotAManifest(f"key {shown(key)}: {exc}") from None
 
     def attempts_in(self, folders: list[str]) -> list[int]:
         """The attempt numbers among folders listed under ``job_staging_folder``, highest first."""
         numbers = (re.fullmatch(rf".*/attempts/({_ID})/", folder) for folder in folders)
-        return sorted((int(match[1]) for match in numbers if match), reverse=True)
+        # A folder beyond MAX_ID is no attempt of the contract's (a stray upload): never read as one.
+        return sorted((n for match in numbers if match and (n := int(match[1])) <= MAX_ID), reverse=True)
 
     # --- canonical -----------------------------------------------------------------------------------
 

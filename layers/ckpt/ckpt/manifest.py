@@ -6,6 +6,7 @@ Both sides use the same model, so a manifest the trainer writes is one the funct
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -76,6 +77,16 @@ class Checkpoints(_Model):
     best: CheckpointEntry | None = None
     last: CheckpointEntry | None = None
 
+    @model_validator(mode="after")
+    def _no_misspelt_names(self) -> Checkpoints:
+        # Other entries are kept (forward compatibility), but one that reads as best or last ("Best", "best.pt")
+        # is a typo that would silently promote nothing.
+        for name in self.model_extra or {}:
+            plain = re.sub(r"[^a-z]", "", name.lower().removesuffix(".pt"))
+            if plain in CHECKPOINT_NAMES:
+                raise ValueError(f"{name!r} is not a checkpoint name: write {plain!r} (the file {plain}.pt)")
+        return self
+
     def present(self) -> dict[CheckpointName, CheckpointEntry]:
         return {name: entry for name in CHECKPOINT_NAMES if (entry := getattr(self, name)) is not None}
 
@@ -112,7 +123,7 @@ class Manifest(_Model):
 def parse_manifest(raw: bytes) -> Manifest:
     """Parse and validate a manifest, or raise ``ManifestError`` with a reason a person can act on."""
     if len(raw) > MAX_MANIFEST_BYTES:
-        raise ManifestError(f"manifest is {len(raw)} bytes; the limit is {MAX_MANIFEST_BYTES} bytes (64 KiB)")
+        raise ManifestError(f"manifest is larger than the limit of {MAX_MANIFEST_BYTES} bytes (64 KiB)")
     try:
         document = strict_json.loads(raw, "manifest")
     except strict_json.InvalidJson as exc:

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ckpt.keys import AttemptRef, CheckpointName
+from ckpt.text import bounded, escaped
+
+LOGGED_TEXT_LIMIT = 4096
 
 # How a staged file was shown to be the bytes the trainer hashed: the store's SHA-256 of it ("store"), the
 # store's full-object CRC-64/NVME against the manifest's ("crc64nvme"), or hashing the bytes as they
@@ -81,10 +84,12 @@ class Outcome:
         ref = self.ref
         return {
             "outcome": str(self.status),
-            "reason": self.reason,
-            "bucket": self.bucket,
-            "manifest_key": self.manifest_key,
-            "trigger": self.trigger,
+            # Escaped so any log sink can write them; bounded well above S3's 1,024-byte keys, since a longer
+            # "key" is not one, and a log line need not carry megabytes of it.
+            "reason": bounded(escaped(self.reason), LOGGED_TEXT_LIMIT),
+            "bucket": bounded(escaped(self.bucket), LOGGED_TEXT_LIMIT),
+            "manifest_key": bounded(escaped(self.manifest_key), LOGGED_TEXT_LIMIT),
+            "trigger": bounded(escaped(self.trigger), LOGGED_TEXT_LIMIT),
             "project_id": ref.job.project_id if ref else None,
             "job_id": ref.job.job_id if ref else None,
             "attempt": ref.attempt if ref else None,

@@ -43,6 +43,7 @@ from ckpt.rules import (
     row_paths,
     target_epochs,
 )
+from ckpt.text import shown
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class Promoter:
         base = Outcome(status=Status.REJECTED, reason="", bucket=bucket, manifest_key=key, trigger=trigger)
         if bucket != self.layout.bucket:
             return self._finish(
-                replace(base, reason=f"bucket {bucket!r} is not the configured bucket {self.layout.bucket!r}"),
+                replace(base, reason=f"bucket {shown(bucket)} is not the configured bucket {self.layout.bucket!r}"),
                 dry_run,
             )
         try:
@@ -135,7 +136,7 @@ class Promoter:
             previous = tx.state()
             decision = self._decide(previous, ref, manifest_sha256, force)
             if decision is not Decision.PROMOTE:
-                return self._logged(self._settle(tx, base, decision, previous))
+                return self._logged(self._settle(tx, base, manifest, decision, previous))
             if verified is None:
                 verified = self._verify_all(ref, manifest)
             stale = self._stale_reason(base.manifest_key, manifest_etag)
@@ -166,7 +167,7 @@ class Promoter:
         try:
             raw, etag = self.storage.read(key, MAX_MANIFEST_BYTES)
         except ObjectMissing:
-            raise Rejected(f"manifest {key} no longer exists") from None
+            raise Rejected(f"there is no manifest at {key} (never staged, or deleted since)") from None
         try:
             manifest = parse_manifest(raw)
             check_matches_key(manifest, ref)
@@ -292,15 +293,23 @@ class Promoter:
         outcome, _ = self._promoted(base, manifest, verified, self.store.epoch_metrics(job), self.store.state(job))
         return self._logged(replace(outcome, status=Status.PLANNED, reason="dry run: " + outcome.reason))
 
-    def _settle(self, tx: JobTransaction, base: Outcome, decision: Decision, previous: JobState | None) -> Outcome:
+    def _settle(
+        self, tx: JobTransaction, base: Outcome, manifest: Manifest, decision: Decision, previous: JobState | None
+    ) -> Outcome:
         """Record a manifest that is not promoted again. A duplicate re-applies the promoted paths, so rows the
-        platform wrote after the promotion (an epoch that had no row then) get theirs: processing a manifest
+        platform wrote after the promotion (an epoch that had no row then) get theirs, and the epochs the
+        manifest left to the database are resolved again from the rows there are now: processing a manifest
         any number of times leaves the rows as processing it once, now, would."""
         outcome = self._not_promoted(base, decision)
-        if decision is Decision.DUPLICATE and previous is not None and base.ref is not None:
-            paths = row_paths(previous.epochs, self.layout.canonical_uris(base.ref.job))
-            outcome = replace(outcome, row_paths=paths, missing_rows=tx.set_checkpoint_paths(paths))
-        tx.record(outcome)
+        if decision is not Decision.DUPLICATE or previous is None or base.ref is None:
+            tx.record(outcome)
+            return outcome
+        targets = target_epochs(resolve_epochs(manifest, tx.epoch_metrics()), previous)
+        paths = row_paths(targets, self.layout.canonical_uris(base.ref.job))
+        outcome = replace(outcome, row_paths=paths, missing_rows=tx.set_checkpoint_paths(paths))
+        record_id = tx.record(outcome)
+        if targets != previous.epochs:
+            tx.save_state(replace(previous, epochs=targets), record_id)
         return outcome
 
     @staticmethod

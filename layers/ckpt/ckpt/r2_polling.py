@@ -54,6 +54,7 @@ from ckpt.cloudflare_queues import (
 from ckpt.errors import ConfigurationError, TransientError
 from ckpt.keys import Layout
 from ckpt.outcome import Outcome
+from ckpt.text import shown
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,8 @@ def _bounded(env: Mapping[str, str], name: str, default: int, low: int, high: in
     raw = (env.get(name) or "").strip()
     if not raw:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise ConfigurationError(f"{name} must be a whole number from {low} to {high}, got {raw!r}")
+    if not re.fullmatch(r"[0-9]{1,9}", raw) or not low <= int(raw) <= high:
+        raise ConfigurationError(f"{name} must be a whole number from {low} to {high}, got {shown(raw, 40)}")
     return int(raw)
 
 

@@ -10,9 +10,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ckpt.keys import AttemptRef, CheckpointName, JobRef, Layout
+from ckpt.keys import MAX_ID, AttemptRef, CheckpointName, JobRef, Layout, parse_id
 from ckpt.manifest import CheckpointEntry, Checkpoints, Manifest, Metric, Status
 from ckpt.storage import S3Storage, translated_errors
+from ckpt.text import bounded, escaped
 from ckpt.upload import Uploaded, Uploader, UploadPolicy
 
 
@@ -36,6 +37,8 @@ def build_manifest(
     error: str | None = None,
     finished_at: datetime | None = None,
 ) -> Manifest:
+    if metric is not None and metric.name is not None:
+        metric = metric.model_copy(update={"name": _manifest_text(metric.name, MAX_METRIC_NAME_CHARS)})
     return Manifest(
         schema_version=1,
         project_id=ref.job.project_id,
@@ -45,8 +48,20 @@ def build_manifest(
         finished_at=finished_at or datetime.now(UTC),
         metric=metric,
         checkpoints=Checkpoints(best=entries.get("best"), last=entries.get("last")),
-        error=error,
+        error=None if error is None else _manifest_text(error, MAX_ERROR_CHARS),
     )
+
+
+# Room enough to say what went wrong; small enough that the manifest stays far below the function's 64 KiB
+# limit whatever an exception's message holds (a state_dict mismatch can list thousands of keys).
+MAX_ERROR_CHARS = 8192
+MAX_METRIC_NAME_CHARS = 256
+
+
+def _manifest_text(text: str, limit: int) -> str:
+    """Text from the training program as a manifest can carry it: lone surrogates (from undecodable file
+    names) escaped, since UTF-8 cannot hold them, and cut to ``limit`` characters."""
+    return bounded(escaped(text), limit)
 
 
 def stage_attempt(
@@ -87,7 +102,10 @@ def next_attempt(client: Any, layout: Layout, job: JobRef) -> int:
     same number: give ``attempt`` explicitly (or CKPT_ATTEMPT) where a scheduler can.
     """
     folders = S3Storage(client, layout.bucket).list_folders(layout.job_staging_folder(job))
-    return max(layout.attempts_in(folders), default=0) + 1
+    highest = max(layout.attempts_in(folders), default=0)
+    if highest == MAX_ID:
+        raise ValueError(f"{job} has staged attempt {MAX_ID}, the largest there can be: give the attempt explicitly")
+    return highest + 1
 
 
 def resolve_attempt(client: Any, layout: Layout, job: JobRef, explicit: int | None, from_env: str | None) -> int:
@@ -95,7 +113,8 @@ def resolve_attempt(client: Any, layout: Layout, job: JobRef, explicit: int | No
     if explicit is not None:
         return explicit
     if from_env:
-        if not from_env.strip().isdecimal() or int(from_env) < 1:
-            raise ValueError(f"CKPT_ATTEMPT must be a positive integer, got {from_env!r}")
-        return int(from_env)
+        attempt = parse_id(from_env)
+        if attempt is None:
+            raise ValueError(f"CKPT_ATTEMPT must be an integer from 1 to {MAX_ID} in plain digits, got {from_env!r}")
+        return attempt
     return next_attempt(client, layout, job)

@@ -11,6 +11,7 @@ import binascii
 import hashlib
 import os
 import random
+import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -20,9 +21,10 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ckpt.errors import ObjectChanged, ObjectMissing, StorageUnavailable
+from ckpt.errors import ConfigurationError, ObjectChanged, ObjectMissing, StorageUnavailable
 from ckpt.ports import CopiedObject, ObjectInfo, StreamedDigests
 from ckpt.profiles import S3, StorageProfile
+from ckpt.text import shown
 
 MiB = 1024 * 1024
 HASH_CHUNK_BYTES = 8 * MiB  # memory used by the streaming hash, whatever the file's size
@@ -39,13 +41,11 @@ def make_client(
     R2 rejects the CRC checksums boto3 adds to every request since 1.36 unless told to send them only
     when an operation requires one; R2's region is ``auto``.
     """
+    attempts = _max_attempts(os.environ.get("AWS_MAX_ATTEMPTS"), max_attempts)
     config = Config(
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
-        # AWS_MAX_ATTEMPTS, the standard variable, wins over the default when set
-        retries={"mode": "standard"}
-        if "AWS_MAX_ATTEMPTS" in os.environ
-        else {"mode": "standard", "max_attempts": max_attempts},
+        retries={"mode": "standard", "total_max_attempts": attempts},  # attempts in all, as AWS_MAX_ATTEMPTS counts
         connect_timeout=10,
         read_timeout=60,
     )
@@ -58,9 +58,17 @@ def make_client(
         aws_access_key_id=credentials.get("aws_access_key_id"),
         aws_secret_access_key=credentials.get("aws_secret_access_key"),
     )
-    attempts = int(os.environ.get("AWS_MAX_ATTEMPTS") or max_attempts)
     client.meta.events.register_first("needs-retry.s3", _retry_too_many_requests(attempts))  # type: ignore[arg-type]
     return client
+
+
+def _max_attempts(from_env: str | None, default: int) -> int:
+    """AWS_MAX_ATTEMPTS, the standard variable, when set (1 to 20), else ``default``."""
+    if not from_env:
+        return default
+    if not re.fullmatch(r"[0-9]{1,2}", from_env.strip()) or not 1 <= int(from_env) <= 20:
+        raise ConfigurationError(f"AWS_MAX_ATTEMPTS must be a whole number from 1 to 20, got {shown(from_env, 40)}")
+    return int(from_env)
 
 
 def _retry_too_many_requests(max_attempts: int) -> Callable[..., float | None]:

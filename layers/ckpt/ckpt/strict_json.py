@@ -32,8 +32,37 @@ def _no_constant(name: str) -> Any:
     raise InvalidJson(f"{name} is not valid JSON; write null instead")
 
 
-def loads(raw: bytes | str, what: str) -> Any:
+# Deeper than any manifest or notification nests, and far below where Python's parser would recurse out: the
+# same document is then accepted or refused the same way whatever called the parser.
+MAX_DEPTH = 64
+
+
+def _depth(text: str) -> int:
+    """How deeply arrays and objects nest in ``text`` (brackets inside strings do not count)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def loads(raw: Any, what: str) -> Any:
     """Parse ``raw`` (UTF-8 bytes without a byte-order mark, or text) as ``what``, e.g. "manifest"."""
+    if not isinstance(raw, bytes | str):
+        raise InvalidJson(f"{what} must be text, got {'nothing' if raw is None else type(raw).__name__}")
     if isinstance(raw, bytes):
         if raw.startswith(_BYTE_ORDER_MARKS) or raw[:4] in (b"\x00\x00\xfe\xff", b"\xff\xfe\x00\x00"):
             raise InvalidJson(f"{what} starts with a byte-order mark: write UTF-8 without one")
@@ -44,6 +73,8 @@ def loads(raw: bytes | str, what: str) -> Any:
     if "\x00" in raw:
         # UTF-16 and UTF-32 text of ASCII characters decodes as "UTF-8" with a NUL beside every character
         raise InvalidJson(f"{what} contains NUL characters: is it UTF-16 or UTF-32? Write UTF-8")
+    if raw.count("[") + raw.count("{") > MAX_DEPTH and _depth(raw) > MAX_DEPTH:
+        raise InvalidJson(f"{what} nests deeper than {MAX_DEPTH} levels")
     try:
         return json.loads(raw, object_pairs_hook=_no_repeated_keys, parse_constant=_no_constant)
     except InvalidJson as exc:

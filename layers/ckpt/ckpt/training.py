@@ -112,11 +112,17 @@ def stage_weights(
 ) -> Manifest:
     """Stage whichever of best.pt and last.pt exist in ``weights_dir`` (none is fine: the manifest still
     says how the job ended). Raises ``StorageUnavailable`` when the store keeps failing."""
-    files = {
-        name: Checkpoint(path, epoch=epochs.get(name))
-        for name in CHECKPOINT_NAMES
-        if weights_dir is not None and (path := Path(weights_dir) / f"{name}.pt").is_file()
-    }
+    files = {}
+    for name in CHECKPOINT_NAMES:
+        if weights_dir is None:
+            break
+        path = Path(weights_dir) / f"{name}.pt"
+        if path.is_file():
+            files[name] = Checkpoint(path, epoch=epochs.get(name))
+        elif path.is_symlink() or path.exists():
+            # Named like a checkpoint but unreadable as one (a folder, a broken link): say so, rather than
+            # stage "no checkpoints" and lose it.
+            raise OSError(f"{path} is not a readable file ({'a broken link' if path.is_symlink() else 'a folder'})")
     return stage_attempt(
         client, layout, ref, status, files, policy=policy, already_staged=already_staged, **manifest_fields
     )

@@ -11,11 +11,17 @@ Database URLs are checked here before any connection: every way one can be wrong
 that says what to fix and never shows the credentials. The libpq parameters that make sense here
 (``sslmode``, ``sslrootcert``, ``connect_timeout``, ``application_name``) are translated into pg8000's
 arguments; pg8000 takes none of them as keywords.
+
+A value PostgreSQL or SQLite would only refuse at connect time (a NUL in a name, an application name or a user
+name longer than PostgreSQL keeps, a SQLite file in a folder that does not exist) is refused here too: such a
+failure is permanent, and at connect time it would look like an outage and be retried. Messages show the
+names of query parameters but only the values of those that cannot be secret (``SHOWN_PARAMETERS``).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import ssl
 from collections.abc import Callable
@@ -36,8 +42,14 @@ PERCENT_ENCODING = (
 )
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 SUPPORTED_PARAMETERS = ("sslmode", "sslrootcert", "connect_timeout", "application_name")
+# The parameters whose values a message may show: none of them can hold a secret. Any other value is ***.
+SHOWN_PARAMETERS = ("sslmode", "sslrootcert", "connect_timeout")
 DEFAULT_APPLICATION_NAME = "checkpoint-promotion"
 DEFAULT_CONNECT_TIMEOUT_SECONDS = 10
+MAX_CONNECT_TIMEOUT_SECONDS = 3600  # an hour: far beyond any Lambda's patience; 0 still means no limit (libpq)
+# PostgreSQL keeps NAMEDATALEN - 1 bytes of a name (a role, a database, an application name) and cuts the rest.
+MAX_NAME_BYTES = 63
+SQLITE_HEADER = b"SQLite format 3\x00"
 RDS_CA_HINT = (
     "Amazon RDS: AWS's global-bundle.pem, shipped in the layer; layers/ckpt/certs/global-bundle.pem is "
     "/opt/python/certs/global-bundle.pem in Lambda"
@@ -49,6 +61,8 @@ RDS_CA_HINT = (
 def parse_database_url(text: str, source: str = "the database URL") -> URL:
     """``text`` as a checked SQLAlchemy URL, or a ConfigurationError that names ``source`` and hides credentials."""
     text = text.strip()
+    if _not_utf8(text):  # e.g. an environment variable with bytes that are not UTF-8; nothing could encode it
+        raise ConfigurationError(f"{source} is not valid UTF-8 text: write it again, percent-encoding the password")
     scheme, separator, rest = text.partition("://")
     if not separator or not re.fullmatch(r"[\w+]+", scheme):
         raise ConfigurationError(f"{source} is not a database URL: expected {URL_FORMS}")
@@ -58,15 +72,39 @@ def parse_database_url(text: str, source: str = "the database URL") -> URL:
             f"{source} ({redacted(text)}) has more than one '@', so its host cannot be told from its password: "
             f"{PERCENT_ENCODING}"
         )
-    parsed = _sqlalchemy_url(text)
+    parsed = _port_problem(rest) or _sqlalchemy_url(text)
     if isinstance(parsed, str):  # raised here, outside the except, so no library error (and its text) is chained
         raise ConfigurationError(f"{source} ({redacted(text)}) {parsed}")
+    blank = _parameters_without_values(rest)
+    if blank:  # SQLAlchemy drops "?sslmode" and "?sslmode=" without a word: the setting would silently not apply
+        raise ConfigurationError(
+            f"{source} ({redacted(text)}) has parameters without a value: {', '.join(blank)}; write name=value"
+        )
     if "@" in rest and not parsed.username:
         raise ConfigurationError(
             f"{source} ({redacted(text)}) has an '@' but no user name before it "
             f"(expected {URL_FORMS}): {PERCENT_ENCODING}"
         )
     return check_database_url(parsed, source)
+
+
+PORT_TEXT = re.compile(r"[0-9]{1,5}")  # ASCII digits only: int() also takes '٥٤٣٢', ' 5432' and '+5432'
+
+
+def _port_problem(rest: str) -> str | None:
+    """What is wrong with the port written after the host (SQLAlchemy's reading of where it is), if anything."""
+    authority = rest.rpartition("@")[2] if "@" in rest else rest
+    port = re.match(r"(?:\[[^/?]*\]|[^/:?]*)(?::([^/?]*))?", authority)
+    text = port.group(1) if port else None
+    if text is None or PORT_TEXT.fullmatch(text):
+        return None
+    return f"has a port that is not a number from 1 to 65535; if the password holds ':' or '@', {PERCENT_ENCODING}"
+
+
+def _parameters_without_values(rest: str) -> list[str]:
+    query = rest.rpartition("@")[2].partition("?")[2] if "@" in rest else rest.partition("?")[2]
+    pairs = [pair.partition("=") for pair in query.split("&") if pair]
+    return [_shown_name(name) for name, _, value in pairs if not value]
 
 
 def _sqlalchemy_url(text: str) -> URL | str:
@@ -84,13 +122,14 @@ def check_database_url(url: URL, source: str = "the database URL") -> URL:
     backend, _, driver = url.drivername.partition("+")
     if backend == "sqlite":
         if driver not in ("", "pysqlite"):
-            raise _invalid(url, source, f"asks for the SQLite driver {driver!r}; use sqlite:///PATH")
+            raise _invalid(url, source, f"asks for the SQLite driver {shown(driver)}; use sqlite:///PATH")
+        _check_sqlite_url(url, source)
         return url
     if backend not in ("postgresql", "postgres"):
-        raise _invalid(url, source, f"is for {backend!r}, which is not supported: use {URL_FORMS}")
+        raise _invalid(url, source, f"is for {shown(backend)}, which is not supported: use {URL_FORMS}")
     if driver not in ("", "pg8000"):
         raise _invalid(
-            url, source, f"asks for the driver {driver!r}; only pg8000 is installed: use postgresql+pg8000://"
+            url, source, f"asks for the driver {shown(driver)}; only pg8000 is installed: use postgresql+pg8000://"
         )
     url = url.set(drivername="postgresql+pg8000")
     if not url.username:
@@ -99,16 +138,62 @@ def check_database_url(url: URL, source: str = "the database URL") -> URL:
         raise _invalid(url, source, f"has no host: expected {URL_FORMS}")
     if not is_host_name(url.host):
         # Not shown: a password with an unescaped '@', ':' or '/' is what usually ends up here.
-        shown = url.set(host="...")
-        raise _invalid(shown, source, f"has a host that is not a host name or an IP address: {PERCENT_ENCODING}")
+        hidden = url.set(host="...")
+        raise _invalid(hidden, source, f"has a host that is not a host name or an IP address: {PERCENT_ENCODING}")
     if url.port is not None and not 1 <= url.port <= 65535:
         raise _invalid(url, source, "has a port that is not a number from 1 to 65535")
+    for part, value in (("user name", url.username), ("password", url.password), ("database name", url.database)):
+        problem = _name_problem(value, limit=None if part == "password" else MAX_NAME_BYTES)
+        if problem:  # the password and the user name are never shown; nor is a database name that is wrong
+            shown_url = url.set(database="...") if part == "database name" else url
+            raise _invalid(shown_url, source, f"has a {part} that {problem}")
     _check_parameters(url, source)
     return url
 
 
+def _name_problem(value: str | None, limit: int | None) -> str | None:
+    """Why PostgreSQL cannot take ``value`` as a name or password (it is sent as a NUL-terminated string)."""
+    if value is None:
+        return None
+    if _not_utf8(value):
+        return "is not valid UTF-8 text"
+    if "\x00" in value:
+        return "holds a NUL character, which PostgreSQL cannot take"
+    if limit is not None and len(value.encode("utf-8")) > limit:
+        return f"is longer than {limit} bytes, PostgreSQL's limit for names (it would cut the rest off)"
+    return None
+
+
+def _not_utf8(text: str) -> bool:
+    """Whether ``text`` holds a lone surrogate (an undecodable byte of an environment variable, or JSON's \\ud800)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _check_sqlite_url(url: URL, source: str) -> None:
+    if url.username or url.password or url.host or url.port:
+        raise _invalid(
+            url, source, "names a server, but SQLite opens a file: use sqlite:///PATH (or sqlite:// for memory)"
+        )
+    if url.query:
+        # pysqlite would take timeout, isolation_level, uri... from the URL and fight this service's own settings
+        # (its lock timeout, its BEGIN IMMEDIATE), or silently ignore the rest.
+        names = sorted({_shown_name(name) for name in url.query})
+        raise _invalid(
+            url,
+            source,
+            f"has parameters ({', '.join(names)}), but a SQLite URL takes none here: use sqlite:///PATH "
+            "(the lock timeout is the service's own)",
+        )
+    if url.database and ("\x00" in url.database or _not_utf8(url.database)):
+        raise _invalid(url.set(database="..."), source, "has a path with a NUL character or that is not valid text")
+
+
 def _check_parameters(url: URL, source: str) -> None:
-    unsupported = sorted(set(url.query) - set(SUPPORTED_PARAMETERS))
+    unsupported = sorted({_shown_name(name) for name in url.query} - set(SUPPORTED_PARAMETERS))
     if unsupported:
         raise _invalid(
             url,
@@ -125,16 +210,86 @@ def _check_parameters(url: URL, source: str) -> None:
         parameters[name] = value
     sslmode, sslrootcert = parameters.get("sslmode"), parameters.get("sslrootcert")
     if sslmode is not None and sslmode not in SSL_MODES:
-        raise _invalid(url, source, f"has sslmode={sslmode!r}; use one of {', '.join(SSL_MODES)}")
+        raise _invalid(url, source, f"has sslmode={shown(sslmode)}; use one of {', '.join(SSL_MODES)}")
+    if sslrootcert is not None and (_not_utf8(sslrootcert) or not sslrootcert.isprintable()):
+        raise _invalid(
+            url, source, "has an sslrootcert with a NUL, a control character or invalid text: give the CA file's path"
+        )
     if sslrootcert == "system" and sslmode not in (None, "verify-full"):
         # libpq's rule: trusting every public CA is only safe if the host name is checked too.
         raise _invalid(url, source, f"has sslrootcert=system with sslmode={sslmode}; system needs verify-full")
-    if not parameters.get("connect_timeout", "0").isdigit():
-        raise _invalid(url, source, "has a connect_timeout that is not a whole number of seconds (0: no limit)")
+    if "connect_timeout" in parameters and connect_timeout(parameters["connect_timeout"]) is None:
+        raise _invalid(
+            url,
+            source,
+            f"has a connect_timeout that is not a whole number of seconds from 0 to {MAX_CONNECT_TIMEOUT_SECONDS} "
+            "(0: no limit; written in ASCII digits)",
+        )
+    if "application_name" in parameters:
+        problem = _application_name_problem(parameters["application_name"])
+        if problem:
+            raise _invalid(url, source, f"has an application_name that {problem}")
+
+
+def connect_timeout(text: str) -> int | None:
+    """``connect_timeout`` in seconds, or None when it is not 0 to MAX_CONNECT_TIMEOUT_SECONDS in ASCII digits.
+    The digits are checked before int(): int() takes '²'-like digits and refuses 5,000 of them with ValueError."""
+    if not re.fullmatch(r"[0-9]{1,9}", text):
+        return None
+    seconds = int(text)
+    return seconds if seconds <= MAX_CONNECT_TIMEOUT_SECONDS else None
+
+
+def _application_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be the application name. PostgreSQL takes only printable ASCII (it rewrites the rest)
+    and keeps 63 bytes; a NUL breaks the startup packet and a long name overflows it. Refused, not rewritten or
+    cut, so what pg_stat_activity shows is exactly what was configured."""
+    if not re.fullmatch(r"[ -~]*", name):
+        return "holds characters other than printable ASCII (letters, digits, punctuation, spaces)"
+    if len(name) > MAX_NAME_BYTES:
+        return f"is longer than {MAX_NAME_BYTES} characters, PostgreSQL's limit (it would cut the rest off)"
+    return None
 
 
 def _invalid(url: URL, source: str, problem: str) -> ConfigurationError:
-    return ConfigurationError(f"{source} ({redacted(url.render_as_string(hide_password=False))}) {problem}")
+    return ConfigurationError(f"{source} ({redacted(_renderable(url).render_as_string())}) {problem}")
+
+
+def _renderable(url: URL) -> URL:
+    """``url`` without its credentials (*** in their place, as redacted() shows them), and with any text that
+    cannot be encoded (a lone surrogate, from a secret's JSON) as "...", so rendering it cannot fail."""
+
+    def clean(text: str) -> str:
+        return "..." if _not_utf8(text) else text
+
+    query = {
+        clean(name): tuple(map(clean, value)) if isinstance(value, tuple) else clean(value)
+        for name, value in url.query.items()
+    }
+    credentials = "***" if url.username or url.password else None
+    database = clean(url.database) if url.database else url.database
+    return url._replace(username=credentials, password=None, database=database).set(query=query)
+
+
+def _shown_name(name: str) -> str:
+    """A query parameter's name as a message shows it: a plain word, or a placeholder for anything else."""
+    return name if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name) else "(a name that is not a plain word)"
+
+
+def shown(value: object, limit: int = 40) -> str:
+    """A configuration value as a message may show it: the repr of a short plain value, else only what it is.
+    Only for values that cannot be secret (a port, an sslmode, an engine name), and never a huge text or number:
+    repr() of an int of 5,000 digits raises ValueError."""
+    if value is None or isinstance(value, bool | float):
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if abs(value) < 10**limit else "a number too large"
+    if isinstance(value, str):
+        if len(value) <= limit and value.isascii() and value.isprintable():
+            return repr(value)
+        return f"a text of {len(value)} characters"
+    kinds = {list: "a JSON array", dict: "a JSON object"}
+    return next((kind for cls, kind in kinds.items() if isinstance(value, cls)), f"a {type(value).__name__}")
 
 
 def is_host_name(host: str) -> bool:
@@ -164,22 +319,31 @@ def redacted(text: str) -> str:
     scheme, separator, rest = text.strip().partition("://")
     if not separator:
         return "not a URL"  # it could be anything, a bare password included
+    scheme = scheme if len(scheme) <= 40 else "..."
     if "@" in rest:
         return f"{scheme}://***@{_masked_parameters(rest.rpartition('@')[2])}"
     authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
     _, colon, port = authority.rpartition(":")
-    if colon and not port.isdigit():
+    if colon and not PORT_TEXT.fullmatch(port):
         return f"{scheme}://***"
     return f"{scheme}://{_masked_parameters(rest)}"
 
 
 def _masked_parameters(text: str) -> str:
+    """The query's names (a name that is not a plain word as ***), with only SHOWN_PARAMETERS' values: any
+    other value may be a secret (?pwd=, ?token=, ?options=-c...). Very long text is cut."""
     head, question_mark, query = text.partition("?")
+    head = head if len(head) <= 200 else f"{head[:200]}..."
     if not question_mark:
-        return text
+        return head
     pairs = [pair.partition("=") for pair in query.split("&")]
-    shown = [f"{name}{equals}{'***' if 'pass' in name.lower() else value}" for name, equals, value in pairs]
-    return f"{head}?{'&'.join(shown)}"
+    masked = []
+    for name, equals, value in pairs:
+        plain = re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name) is not None
+        limit = 300 if name == "sslrootcert" else 40  # a path may be long; an sslmode or a timeout never is
+        visible = plain and name in SHOWN_PARAMETERS and re.fullmatch(rf"[A-Za-z0-9_.~%+/:-]{{0,{limit}}}", value)
+        masked.append(f"{name if plain else '***'}{equals}{value if visible or not value else '***'}")
+    return f"{head}?{'&'.join(masked)}"
 
 
 # --- TLS -----------------------------------------------------------------------------------------------------
@@ -227,12 +391,15 @@ def ssl_context_for(policy: TlsPolicy) -> ssl.SSLContext | None:
         context = ssl.create_default_context(cafile=policy.rootcert)  # the system's CAs when rootcert is None
     except OSError as exc:  # missing, unreadable, or no certificate in it (ssl.SSLError is an OSError)
         problem = exc.strerror or str(exc)
+    except ValueError:  # a NUL or a lone surrogate in the path (check_database_url refuses both in URLs)
+        problem = "the path is not valid text"
     else:
         context.check_hostname = policy.verification == "full"
         context.verify_mode = ssl.CERT_NONE if policy.verification == "none" else ssl.CERT_REQUIRED
         return context
+    path = policy.rootcert if policy.rootcert is None or len(policy.rootcert) <= 300 else "(a very long path)"
     raise ConfigurationError(
-        f"sslrootcert {policy.rootcert!r} is not a readable file of PEM CA certificates ({problem}); "
+        f"sslrootcert {path!r} is not a readable file of PEM CA certificates ({problem}); "
         f"give the path of the CA bundle ({RDS_CA_HINT})"
     )
 
@@ -287,6 +454,40 @@ def _connect_over_tls(connect: Connect, context: ssl.SSLContext, server: str) ->
 # --- engines ---------------------------------------------------------------------------------------------------
 
 
+def _check_sqlite_file(database: str | None) -> None:
+    """Refuse, before any connection, a SQLite file that could never be opened: at connect time SQLite says only
+    "unable to open database file", which looks like an outage and is retried. :memory: needs no file."""
+    if not database or database == ":memory:":
+        return
+    path = os.path.abspath(database)  # pysqlite's reading of a relative path: from the working directory
+    folder = os.path.dirname(path)
+    shown_path, shown_folder = (text if len(text) <= 300 else f"{text[:300]}..." for text in (path, folder))
+    if os.path.isdir(path):
+        raise ConfigurationError(
+            f"the SQLite database {shown_path} is a folder: name a file in it "
+            f"(sqlite:///{os.path.join(shown_path, 'ckpt.db')})"
+        )
+    if not os.path.isdir(folder):
+        raise ConfigurationError(
+            f"the SQLite database {shown_path} cannot be created: its folder {shown_folder} "
+            "does not exist (or is not a folder); create it, or name a file in an existing folder"
+        )
+    try:
+        with open(path, "rb") as file:
+            header = file.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        return  # SQLite creates it
+    except OSError as exc:
+        raise ConfigurationError(
+            f"the SQLite database {shown_path} cannot be read ({exc.strerror}): "
+            "fix its permissions or name another file"
+        ) from None
+    if header and header != SQLITE_HEADER:  # an empty file is an empty database to SQLite
+        raise ConfigurationError(
+            f"the SQLite database {shown_path} is not a SQLite database file: name another file (or move this one)"
+        )
+
+
 def make_engine(url: str | URL, *, lock_timeout_seconds: int = 30, idle_timeout_seconds: int = 900) -> Engine:
     url = parse_database_url(url) if isinstance(url, str) else check_database_url(url)
     if url.get_backend_name() == "sqlite":
@@ -295,6 +496,7 @@ def make_engine(url: str | URL, *, lock_timeout_seconds: int = 30, idle_timeout_
 
 
 def _sqlite_engine(url: URL, lock_timeout_seconds: int) -> Engine:
+    _check_sqlite_file(url.database)
     try:
         engine = create_engine(url, connect_args={"timeout": lock_timeout_seconds})
     except (ArgumentError, ValueError) as exc:  # a SQLite URL has nothing secret in it
@@ -317,7 +519,7 @@ def _postgresql_engine(url: URL, lock_timeout_seconds: int, idle_timeout_seconds
     parameters = {name: str(value) for name, value in url.query.items()}
     policy = tls_policy(url.host, parameters.get("sslmode"), parameters.get("sslrootcert"))
     context = ssl_context_for(policy)
-    timeout = int(parameters.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT_SECONDS))
+    timeout = connect_timeout(parameters.get("connect_timeout", str(DEFAULT_CONNECT_TIMEOUT_SECONDS)))
     server = f"{url.host}:{url.port or 5432}"
     engine = create_engine(
         url.set(query={}),  # the parameters are translated below; pg8000 would take them as unknown keywords

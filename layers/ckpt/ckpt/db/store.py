@@ -20,6 +20,7 @@ from ckpt.errors import DatabaseUnavailable, Rejected
 from ckpt.keys import JobRef
 from ckpt.outcome import Outcome
 from ckpt.rules import EpochMetric, JobState
+from ckpt.text import bounded, escaped
 
 
 class JobTransaction:
@@ -152,20 +153,10 @@ def _read_metrics(connection: Connection, job_id: int) -> list[EpochMetric]:
     return [EpochMetric(epoch=epoch, value=value) for epoch, value in connection.execute(query)]
 
 
-def storable(text: str, limit: int | None = None) -> str:
-    """``text`` as a database text column can hold it: NUL (legal in S3 keys, refused by PostgreSQL) and lone
-    surrogates (from JSON escapes) written as backslash escapes, and anything beyond ``limit`` characters cut,
-    with a note of how much. The log keeps the original."""
-    text = text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
-    if limit is None or len(text) <= limit:
-        return text
-    # Sized for the largest count it could hold, so the note never pushes the result past the limit.
-    cut = limit - len(f"…[{len(text)} more characters]")
-    return text[:cut] + f"…[{len(text) - cut} more characters]"
-
-
 def _column_text(column: Column[Any], text: str) -> str:
-    return storable(text, getattr(column.type, "length", None))
+    """``text`` as the column can hold it (the log keeps the original)."""
+    limit = getattr(column.type, "length", None)
+    return bounded(escaped(text), limit) if limit else escaped(text)
 
 
 def _insert_record(connection: Connection, outcome: Outcome) -> int:
