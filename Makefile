@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# make demo R2=1: the same job R2's way (R2's rules, its notification on a Cloudflare Queue, the poller).
 demo: install
-	PYTHONPATH=functions $(BIN)/python -m tests.e2e.demo
+	PYTHONPATH=functions $(BIN)/python -m tests.e2e.demo $(if $(R2),--r2)
 
 test: install
 	$(BIN)/python -m pytest

@@ -227,7 +227,8 @@ class R2Proxy:
     ``upstream``: moto's endpoint URL. ``max_upload_bytes``: the largest single PutObject, part or
     CopyObject source (R2's 5 GiB - 5 MiB by default). ``same_key_write_interval``: seconds between writes
     to one key (1.0, R2's documented limit; ``None`` or 0 turns the rule off). ``max_parts``: 10,000.
-    ``timeout``: seconds the proxy waits on moto.
+    ``timeout``: seconds the proxy waits on moto. ``on_object_created``: called with (bucket, key, action) after
+    each object-create, as R2 sends its event notifications.
     """
 
     def __init__(
@@ -238,6 +239,7 @@ class R2Proxy:
         same_key_write_interval: float | None = 1.0,
         max_parts: int = R2_MAX_PARTS,
         timeout: float = 300.0,
+        on_object_created: Callable[[str, str, str], None] | None = None,
     ) -> None:
         target = urlsplit(upstream)
         if target.scheme != "http" or not target.hostname:
@@ -249,6 +251,9 @@ class R2Proxy:
         self.same_key_write_interval = same_key_write_interval
         self.max_parts = max_parts
         self.timeout = timeout
+        # Called with (bucket, key, action) after each successful object-create, as R2's event notifications
+        # are sent: the demo's R2 mode puts them on a local Cloudflare Queue.
+        self.on_object_created = on_object_created
 
         self.lock = threading.Lock()
         self.requests: list[RequestRecord] = []
@@ -439,6 +444,8 @@ class R2Proxy:
                 self._parts.setdefault(upload_id, {})[int(request.query["partNumber"][0])] = request.part_size
             elif ok and op in {"CompleteMultipartUpload", "AbortMultipartUpload"}:
                 self._parts.pop(upload_id, None)
+        if ok and op in {"PutObject", "CopyObject", "CompleteMultipartUpload"} and self.on_object_created:
+            self.on_object_created(request.bucket, request.key, op)
 
 
 def _too_large(size: int, limit: int) -> _Refusal:

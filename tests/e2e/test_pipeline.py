@@ -7,6 +7,8 @@ import json
 import os
 from urllib.parse import unquote_plus
 
+import pytest
+
 from ckpt.db.engine import make_engine
 from ckpt.keys import Layout
 from tests.e2e import demo
@@ -14,13 +16,14 @@ from tests.e2e.local_stack import Pipeline, function_stack
 from tests.support import Trainer, add_epochs, attempt, paths, records
 
 
-def test_the_demo_passes_on_sqlite_and_postgresql(database_url, clean_environment):
+@pytest.mark.parametrize("r2", [False, True], ids=["aws-sqs", "r2-queue"])
+def test_the_demo_passes_on_sqlite_and_postgresql(database_url, clean_environment, r2):
     if database_url.startswith("postgresql"):
         with make_engine(database_url).begin() as connection:
             connection.exec_driver_sql("DROP TABLE IF EXISTS validation_results")
     lines: list[str] = []
 
-    demo.run(database_url, size_mb=1, say=lines.append)
+    demo.run(database_url, size_mb=1 if not r2 else 5, say=lines.append, r2=r2)
 
     marked = [line for line in lines if "✓" in line]
     assert [line.split()[0] for line in marked] == ["18", "20"]
