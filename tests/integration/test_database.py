@@ -7,7 +7,7 @@ import math
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import event, inspect, text
 
 from ckpt.db import migrate
 from ckpt.db.engine import make_engine
@@ -63,7 +63,7 @@ def test_best_epoch_ignores_null_and_nan_metrics(engine, database_url):
     # ORDER BY primary_metric_value DESC LIMIT 1 would return epoch 3 or 4 there.
     add_epochs(engine, 42, {1: 0.2, 2: 0.7, 3: None, 4: math.nan, 5: 0.5})
 
-    metrics = PromotionStore(engine).epoch_metrics(JOB)
+    metrics = PromotionStore(engine).snapshot(JOB).rows
 
     assert best_epoch(metrics, "max") == 2
     assert best_epoch(metrics, "min") == 1
@@ -78,10 +78,10 @@ def test_postgresql_really_sorts_null_and_nan_first_under_desc(pg_engine):
             text("SELECT epoch FROM validation_results WHERE job_id = 42 ORDER BY primary_metric_value DESC")
         ).scalars()
         assert list(order) == [4, 3, 2, 1]
-    values = {m.epoch: m.value for m in PromotionStore(pg_engine).epoch_metrics(JOB)}
+    values = {m.epoch: m.value for m in PromotionStore(pg_engine).snapshot(JOB).rows}
     assert math.isnan(values[3])
     assert values[4] is None
-    assert best_epoch(PromotionStore(pg_engine).epoch_metrics(JOB)) == 2
+    assert best_epoch(PromotionStore(pg_engine).snapshot(JOB).rows) == 2
 
 
 def test_a_job_lock_held_elsewhere_times_out_as_a_transient_error(database_url, engine):
@@ -98,14 +98,14 @@ def test_locks_on_different_jobs_do_not_wait_for_each_other_on_postgresql(pg_url
     impatient = PromotionStore(make_engine(pg_url, lock_timeout_seconds=1))
 
     with PromotionStore(pg_engine).job(JOB), impatient.job(JobRef(job_id=43, project_id=7)) as tx:
-        assert tx.state() is None
+        assert tx.snapshot().state is None
     impatient.engine.dispose()
 
 
 def test_an_unreachable_database_is_a_transient_error():
     store = PromotionStore(make_engine("postgresql+pg8000://postgres@127.0.0.1:1/none"))
     with pytest.raises(DatabaseUnavailable):
-        store.state(JOB)
+        store.snapshot(JOB)
 
 
 def test_missing_tables_are_named(database_url):
@@ -117,6 +117,37 @@ def test_missing_tables_are_named(database_url):
 
 def test_values_the_database_refuses_are_permanent_not_retried(pg_engine):
     from ckpt.errors import Rejected
+    from ckpt.outcome import Outcome, Status
 
-    with pytest.raises(Rejected, match="out of range"), PromotionStore(pg_engine).job(JOB) as tx:
-        tx.set_checkpoint_paths({2**31: "r2://b/k"})
+    add_epochs(pg_engine, 42, {1: 0.5})
+    outcome = Outcome(status=Status.PROMOTED, reason="", bucket="b", manifest_key="k", trigger="test")
+    with pytest.raises(Rejected, match="too long"), PromotionStore(pg_engine).job(JOB) as tx:
+        tx.write(outcome, {1: "r2://b/" + "k" * 600})  # checkpoint_path is VARCHAR(500)
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced_before_use(pg_url, pg_engine, monkeypatch):
+    monkeypatch.setattr("ckpt.db.engine.PING_AFTER_IDLE_SECONDS", 0.0)
+    engine = make_engine(pg_url)
+    store = PromotionStore(engine)
+    with engine.connect() as connection:
+        first = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+    with make_engine(pg_url).connect() as admin:  # as RDS, a proxy or a NAT does to an idle connection
+        admin.exec_driver_sql(f"SELECT pg_terminate_backend({first})")
+
+    assert store.snapshot(JOB).state is None  # not DatabaseUnavailable: the ping found it gone
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() != first
+    engine.dispose()
+
+
+def test_a_connection_in_use_is_not_pinged(pg_url, pg_engine):
+    engine = make_engine(pg_url)
+    store = PromotionStore(engine)
+    store.snapshot(JOB)
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+
+    store.snapshot(JOB)
+
+    assert len(statements) == 1  # the snapshot itself, no SELECT 1 before it
+    engine.dispose()

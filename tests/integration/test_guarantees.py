@@ -256,15 +256,21 @@ def test_a_failure_at_commit_leaves_the_database_as_it_was_and_a_retry_converges
     add_epochs(engine, 42, {18: 0.5, 20: 0.4})
     trainer.finish(attempt(1))
 
-    def fail_commit(connection: Any) -> None:
+    def fail_commit(*_: Any) -> None:
         raise OperationalError("COMMIT", {}, ConnectionError("injected: connection lost at commit"))
 
-    event.listen(engine, "commit", fail_commit)
+    def fail_commit_statement(connection: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if statement == "COMMIT":  # PostgreSQL: the store sends COMMIT itself (autocommit engine)
+            fail_commit()
+
+    event.listen(engine, "commit", fail_commit)  # SQLite: the DBAPI's commit()
+    event.listen(engine, "before_cursor_execute", fail_commit_statement)
     try:
         with pytest.raises(DatabaseUnavailable, match="injected"):  # transient: the message is redelivered
             promote(promoter)
     finally:
         event.remove(engine, "commit", fail_commit)
+        event.remove(engine, "before_cursor_execute", fail_commit_statement)
     assert state(engine) == ({18: None, 20: None}, [])
     assert records(engine, 42) == []
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from ckpt.errors import ObjectChanged, ObjectMissing, Rejected
@@ -36,11 +37,13 @@ from ckpt.ports import CopiedObject, JobTransaction, ObjectInfo, Storage, Store
 from ckpt.rules import (
     ConflictingJob,
     Decision,
-    EpochMetric,
+    JobSnapshot,
     JobState,
     decide,
+    missing_epochs,
     resolve_epochs,
     row_paths,
+    rows_hold,
     target_epochs,
 )
 from ckpt.text import shown
@@ -57,6 +60,16 @@ class VerifiedFile:
     # The bytes' MD5 when known (the source's ETag is one, or the bytes were hashed): a copy's content ETag
     # can then be checked against it.
     md5: str | None
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """What processing an already promoted manifest again must write."""
+
+    outcome: Outcome
+    paths: dict[int, str]
+    state: JobState | None  # the recorded state with epochs resolved again, when they changed
+    settled: bool  # nothing to write but the record: the rows and the state already hold it
 
 
 class Promoter:
@@ -124,26 +137,36 @@ class Promoter:
         manifest, manifest_sha256, manifest_etag = self._read_manifest(base.manifest_key, ref)
         base = replace(base, manifest_sha256=manifest_sha256)
 
-        early = self._decide(self.store.state(ref.job), ref, manifest_sha256, force)
-        if early is Decision.SUPERSEDED or (dry_run and early is Decision.DUPLICATE):
-            return self._finish(self._not_promoted(base, early), dry_run)
-        # A duplicate needs no storage work, but it does take the lock: it re-applies the rows (below).
-        verified = self._verify_all(ref, manifest) if early is Decision.PROMOTE else None
+        early = self.store.snapshot(ref.job)
+        decision = self._decide(early.state, ref, manifest_sha256, force)
         if dry_run:
-            return self._plan(base, manifest, verified or [])
+            if decision is not Decision.PROMOTE:
+                return self._finish(self._not_promoted(base, decision), dry_run)
+            return self._plan(base, manifest, self._verify_all(ref, manifest), early)
+        if decision is Decision.SUPERSEDED:
+            return self._finish(self._not_promoted(base, decision), dry_run)
+        if decision is Decision.DUPLICATE:
+            duplicate = self._duplicate(base, manifest, early)
+            if duplicate.settled:  # the rows already hold what the promotion gave them: nothing to lock for
+                return self._finish(duplicate.outcome, dry_run)
+        verified = self._verify_all(ref, manifest) if decision is Decision.PROMOTE else None
 
         with self.store.job(ref.job) as tx:
-            previous = tx.state()
-            decision = self._decide(previous, ref, manifest_sha256, force)
-            if decision is not Decision.PROMOTE:
-                return self._logged(self._settle(tx, base, manifest, decision, previous))
+            current = tx.snapshot()
+            decision = self._decide(current.state, ref, manifest_sha256, force)
+            if decision is Decision.SUPERSEDED:
+                return self._logged(self._write(tx, self._not_promoted(base, decision)))
+            if decision is Decision.DUPLICATE:
+                duplicate = self._duplicate(base, manifest, current)
+                return self._logged(self._write(tx, duplicate.outcome, duplicate.paths, duplicate.state))
             if verified is None:
                 verified = self._verify_all(ref, manifest)
             stale = self._stale_reason(base.manifest_key, manifest_etag)
             if stale is not None:
-                return self._logged(self._step_aside(tx, base, stale))
+                status, reason = stale
+                return self._logged(self._write(tx, replace(base, status=status, reason=reason)))
             # Everything is read and planned before the first copy changes a canonical key.
-            outcome, targets = self._promoted(base, manifest, verified, tx.epoch_metrics(), previous)
+            outcome, targets = self._promoted(base, manifest, verified, current)
             copies = {file.name: self._copy(ref, file, manifest_sha256) for file in verified}
             outcome = replace(
                 outcome,
@@ -153,14 +176,19 @@ class Promoter:
                     )
                     for name, report in outcome.files.items()
                 },
-                missing_rows=tx.set_checkpoint_paths(outcome.row_paths),
             )
-            promotion_id = tx.record(outcome)
             state = JobState(
                 project_id=ref.job.project_id, attempt=ref.attempt, manifest_sha256=manifest_sha256, epochs=targets
             )
-            tx.save_state(state, promotion_id)
+            tx.write(outcome, outcome.row_paths, state)
         return self._logged(outcome)
+
+    @staticmethod
+    def _write(
+        tx: JobTransaction, outcome: Outcome, paths: Mapping[int, str] | None = None, state: JobState | None = None
+    ) -> Outcome:
+        tx.write(outcome, paths, state)
+        return outcome
 
     def _read_manifest(self, key: str, ref: AttemptRef) -> tuple[Manifest, str, str]:
         """The manifest, the SHA-256 of its bytes and the ETag of the version read."""
@@ -255,17 +283,12 @@ class Promoter:
     # --- outcomes ------------------------------------------------------------------------------------
 
     def _promoted(
-        self,
-        base: Outcome,
-        manifest: Manifest,
-        verified: list[VerifiedFile],
-        metrics: list[EpochMetric],
-        previous: JobState | None,
+        self, base: Outcome, manifest: Manifest, verified: list[VerifiedFile], job: JobSnapshot
     ) -> tuple[Outcome, dict[CheckpointName, int | None]]:
         """The promoted outcome, and the epoch each canonical file stands for afterwards (the new job state)."""
         ref = manifest.ref
-        epochs = resolve_epochs(manifest, metrics)
-        targets = target_epochs(epochs, previous)
+        epochs = resolve_epochs(manifest, job.rows)
+        targets = target_epochs(epochs, job.state)
         uris = self.layout.canonical_uris(ref.job)
         files = {
             f.name: FileReport(
@@ -279,45 +302,38 @@ class Promoter:
             for f in verified
         }
         listed = ", ".join(f"{n}.pt (epoch {epochs[n]})" for n in files) or "no checkpoints"
+        paths = row_paths(targets, uris)
         outcome = replace(
             base,
             status=Status.PROMOTED,
             reason=f"attempt {ref.attempt} ({manifest.status}): promoted {listed}",
             files=files,
-            row_paths=row_paths(targets, uris),
+            row_paths=paths,
+            missing_rows=missing_epochs(paths, job.rows),
         )
         return outcome, targets
 
-    def _plan(self, base: Outcome, manifest: Manifest, verified: list[VerifiedFile]) -> Outcome:
-        job = manifest.ref.job
-        outcome, _ = self._promoted(base, manifest, verified, self.store.epoch_metrics(job), self.store.state(job))
+    def _plan(self, base: Outcome, manifest: Manifest, verified: list[VerifiedFile], job: JobSnapshot) -> Outcome:
+        outcome, _ = self._promoted(base, manifest, verified, job)
         return self._logged(replace(outcome, status=Status.PLANNED, reason="dry run: " + outcome.reason))
 
-    def _settle(
-        self, tx: JobTransaction, base: Outcome, manifest: Manifest, decision: Decision, previous: JobState | None
-    ) -> Outcome:
-        """Record a manifest that is not promoted again. A duplicate re-applies the promoted paths, so rows the
-        platform wrote after the promotion (an epoch that had no row then) get theirs, and the epochs the
-        manifest left to the database are resolved again from the rows there are now: processing a manifest
-        any number of times leaves the rows as processing it once, now, would."""
-        outcome = self._not_promoted(base, decision)
-        if decision is not Decision.DUPLICATE or previous is None or base.ref is None:
-            tx.record(outcome)
-            return outcome
-        targets = target_epochs(resolve_epochs(manifest, tx.epoch_metrics()), previous)
+    def _duplicate(self, base: Outcome, manifest: Manifest, job: JobSnapshot) -> Duplicate:
+        """A manifest promoted before. It re-applies the promoted paths, so rows the platform wrote after the
+        promotion (an epoch that had no row then) get theirs, and the epochs the manifest left to the database
+        are resolved again from the rows there are now: processing a manifest any number of times leaves the
+        rows as processing it once, now, would."""
+        assert job.state is not None and base.ref is not None  # a duplicate has a recorded state
+        targets = target_epochs(resolve_epochs(manifest, job.rows), job.state)
         paths = row_paths(targets, self.layout.canonical_uris(base.ref.job))
-        outcome = replace(outcome, row_paths=paths, missing_rows=tx.set_checkpoint_paths(paths))
-        record_id = tx.record(outcome)
-        if targets != previous.epochs:
-            tx.save_state(replace(previous, epochs=targets), record_id)
-        return outcome
-
-    @staticmethod
-    def _step_aside(tx: JobTransaction, base: Outcome, why: tuple[Status, str]) -> Outcome:
-        status, reason = why
-        outcome = replace(base, status=status, reason=reason)
-        tx.record(outcome)
-        return outcome
+        outcome = replace(
+            self._not_promoted(base, Decision.DUPLICATE),
+            row_paths=paths,
+            missing_rows=missing_epochs(paths, job.rows),
+        )
+        state = None if targets == job.state.epochs else replace(job.state, epochs=targets)
+        return Duplicate(
+            outcome=outcome, paths=paths, state=state, settled=state is None and rows_hold(paths, job.rows)
+        )
 
     @staticmethod
     def _not_promoted(base: Outcome, decision: Decision) -> Outcome:
@@ -326,7 +342,7 @@ class Promoter:
         return replace(base, status=Status.SUPERSEDED, reason="a newer attempt of this job was already promoted")
 
     def _finish(self, outcome: Outcome, dry_run: bool) -> Outcome:
-        """Record an outcome reached without the job's lock (rejections, duplicates, superseded)."""
+        """Record an outcome reached without the job's lock (rejections, superseded, settled duplicates)."""
         if outcome.status is not Status.IGNORED and not dry_run:
             try:
                 self.store.record(outcome)

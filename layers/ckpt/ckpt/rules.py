@@ -21,6 +21,7 @@ class EpochMetric:
 
     epoch: int
     value: float | None
+    checkpoint_path: str | None = None
 
 
 def last_epoch(rows: Iterable[EpochMetric]) -> int | None:
@@ -47,6 +48,25 @@ class JobState:
     attempt: int
     manifest_sha256: str
     epochs: Mapping[CheckpointName, int | None]
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    """A job as the database records it: the service's state and the platform's validation rows."""
+
+    state: JobState | None
+    rows: list[EpochMetric]
+
+
+def missing_epochs(paths: Mapping[int, str], rows: Iterable[EpochMetric]) -> list[int]:
+    """The epochs that should carry a path but have no validation_results row (the platform has not written
+    them yet)."""
+    return sorted(set(paths) - {row.epoch for row in rows})
+
+
+def rows_hold(paths: Mapping[int, str], rows: Iterable[EpochMetric]) -> bool:
+    """Whether every row of the job already holds what ``paths`` says (its URI, or NULL when it has none)."""
+    return all(row.checkpoint_path == paths.get(row.epoch) for row in rows)
 
 
 class Decision(enum.StrEnum):

@@ -24,6 +24,7 @@ import ipaddress
 import os
 import re
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -31,7 +32,7 @@ from typing import Any, Literal
 from pg8000.exceptions import DatabaseError, InterfaceError
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DisconnectionError
 
 from ckpt.errors import ConfigurationError
 
@@ -523,7 +524,12 @@ def _postgresql_engine(url: URL, lock_timeout_seconds: int, idle_timeout_seconds
     server = f"{url.host}:{url.port or 5432}"
     engine = create_engine(
         url.set(query={}),  # the parameters are translated below; pg8000 would take them as unknown keywords
-        pool_pre_ping=True,
+        # Autocommit: a statement alone is its own transaction, and the store sends BEGIN/COMMIT itself where
+        # it needs one (one round trip each; pg8000's DBAPI commit() and rollback() spend three). Nothing is
+        # rolled back on checkin, since autocommit leaves nothing open (the store rolls back what it began).
+        isolation_level="AUTOCOMMIT",
+        skip_autocommit_rollback=True,
+        pool_reset_on_return=None,
         pool_size=1,  # one Lambda instance handles one batch at a time
         max_overflow=2,
         connect_args={
@@ -536,6 +542,8 @@ def _postgresql_engine(url: URL, lock_timeout_seconds: int, idle_timeout_seconds
         },
     )
 
+    _ping_when_idle(engine, PING_AFTER_IDLE_SECONDS)
+
     @event.listens_for(engine, "do_connect")
     def _connect_by_policy(dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
         def connect(ssl_context: Any) -> Any:
@@ -544,3 +552,28 @@ def _postgresql_engine(url: URL, lock_timeout_seconds: int, idle_timeout_seconds
         return open_connection(connect, policy, context, server)
 
     return engine
+
+
+# A connection idle this long may have been closed by the server, a proxy or a NAT (a Lambda environment is
+# frozen between invocations): it is pinged before use. A busy one is not, which saves a round trip each time.
+PING_AFTER_IDLE_SECONDS = 30.0
+
+
+def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
+    """SQLAlchemy's pool_pre_ping, but only for a connection idle longer than ``idle_seconds``."""
+
+    @event.listens_for(engine, "checkin")
+    def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["checked_in"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("checked_in")
+        if idle_since is None or time.monotonic() - idle_since < idle_seconds:
+            return
+        try:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("SELECT 1")
+            cursor.close()
+        except Exception as exc:  # gone: the pool discards it and connects anew
+            raise DisconnectionError(f"connection idle for {time.monotonic() - idle_since:.0f} s is gone") from exc

@@ -27,6 +27,10 @@ def _config(engine: Engine) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    # In a transaction, whatever the engine's own default (the store's PostgreSQL engine runs in autocommit):
+    # PostgreSQL's DDL is transactional, so a failed upgrade leaves the tables as they were.
+    if engine.dialect.name == "postgresql":
+        engine = engine.execution_options(isolation_level="READ COMMITTED")
     command.upgrade(_config(engine), revision)
 
 
