@@ -10,7 +10,29 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
-from aws_lambda_powertools.tracing.base import BaseProvider
+from aws_lambda_powertools.tracing.base import BaseProvider, BaseSegment
+
+
+class _NoSegment(BaseSegment):
+    """What the tracer annotates when tracing is off: it keeps nothing."""
+
+    def close(self, end_time: int | None = None) -> None:
+        pass
+
+    def add_subsegment(self, subsegment: Any) -> None:
+        pass
+
+    def remove_subsegment(self, subsegment: Any) -> None:
+        pass
+
+    def put_annotation(self, key: str, value: Any) -> None:
+        pass
+
+    def put_metadata(self, key: str, value: Any, namespace: str = "default") -> None:
+        pass
+
+    def add_exception(self, exception: BaseException, stack: Any, remote: bool = False) -> None:
+        pass
 
 
 class _NoTracing(BaseProvider):
@@ -18,12 +40,12 @@ class _NoTracing(BaseProvider):
     110 ms of every cold start) only to disable it."""
 
     @contextmanager
-    def in_subsegment(self, name: Any = None, **kwargs: Any) -> Generator[Any, None, None]:
-        yield None
+    def in_subsegment(self, name: Any = None, **kwargs: Any) -> Generator[BaseSegment, None, None]:
+        yield _NoSegment()
 
     @asynccontextmanager
     async def in_subsegment_async(self, name: Any = None, **kwargs: Any) -> Any:
-        yield None
+        yield _NoSegment()
 
     def put_annotation(self, key: str, value: Any) -> None:
         pass
