@@ -6,6 +6,7 @@ PostgreSQL is required, never skipped: a missing server fails the run (CI starts
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -28,6 +29,18 @@ from tests.support import BUCKET, Trainer, reset_database
 enforce_copy_conditions()
 
 PG_ADMIN_URL = os.environ.get("CKPT_TEST_PG_ADMIN_URL", "postgresql+pg8000://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(autouse=True)
+def ckpt_logs_reach_pytest() -> Iterator[None]:
+    """Importing a function's handler gives the ``ckpt`` logger Powertools' JSON handler and stops it from
+    propagating (in Lambda the root logger prints too). In tests the root logger is pytest's capture (caplog):
+    let the package's records reach it whatever was imported before."""
+    package = logging.getLogger("ckpt")
+    saved = package.propagate
+    package.propagate = True
+    yield
+    package.propagate = saved
 
 
 # --- databases -----------------------------------------------------------------------------------------

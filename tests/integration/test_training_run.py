@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from ckpt.config import Settings
-from ckpt.fetch import fetch_checkpoint
 from ckpt.keys import JobRef
 from ckpt.manifest import Metric, parse_manifest
 from ckpt.storage import make_client
@@ -160,26 +159,6 @@ def test_background_backup_stages_last_without_a_manifest_and_the_end_reuses_it(
     last_puts = [url for url in sent if url.endswith("/last.pt")]
     assert len(last_puts) == 1  # unchanged since the backup: not uploaded again at the end
     assert manifest(s3).checkpoints.last.sha256 == hashlib.sha256(weights("epoch-2")).hexdigest()
-
-
-def test_fetch_downloads_the_promoted_checkpoint_verified(engine, promoter, trainer, s3, layout, tmp_path):
-    trainer.finish(attempt(1))
-    promoter.promote_key(BUCKET, layout.manifest_key(attempt(1)), trigger="test")
-
-    fetched = fetch_checkpoint(s3, layout, JobRef(job_id=42, project_id=7), "last", tmp_path)
-
-    assert fetched.path.read_bytes() == weights("last-1")
-    s3.put_object(  # tampered in place: its metadata still names the promoted digest
-        Bucket=BUCKET,
-        Key=layout.canonical_key(JobRef(job_id=42, project_id=7), "last"),
-        Body=b"tampered",
-        Metadata={"sha256": fetched.sha256},
-    )
-    from ckpt.errors import Rejected
-
-    with pytest.raises(Rejected, match="does not match"):
-        fetch_checkpoint(s3, layout, JobRef(job_id=42, project_id=7), "last", tmp_path / "again.pt")
-    assert not (tmp_path / "again.pt").exists()
 
 
 def test_re_staging_the_same_attempt_is_safe_and_the_newer_staging_wins(engine, promoter, s3, layout, tmp_path):

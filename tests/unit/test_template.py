@@ -188,6 +188,7 @@ def test_the_transformed_event_source_mapping_carries_the_cap(monkeypatch):
     # the transform wants uploaded artifacts; sam build/deploy put S3 URIs here
     template["Resources"]["PromoteCheckpointsFunction"]["Properties"]["CodeUri"] = "s3://artifacts/function.zip"
     template["Resources"]["R2QueuePollerFunction"]["Properties"]["CodeUri"] = "s3://artifacts/function.zip"
+    template["Resources"]["CheckpointApiFunction"]["Properties"]["CodeUri"] = "s3://artifacts/function.zip"
     template["Resources"]["CkptLayer"]["Properties"]["ContentUri"] = "s3://artifacts/layer.zip"
     secret = {"DatabaseSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:db-AbCdEf"}
     resources = transform(template, secret, NoManagedPolicies())["Resources"]
@@ -414,7 +415,7 @@ def test_the_transformed_poller_is_an_eventbridge_schedule_with_no_retries(monke
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
     template = _template()
-    for function in ("PromoteCheckpointsFunction", "R2QueuePollerFunction"):
+    for function in ("PromoteCheckpointsFunction", "R2QueuePollerFunction", "CheckpointApiFunction"):
         template["Resources"][function]["Properties"]["CodeUri"] = "s3://artifacts/function.zip"
     template["Resources"]["CkptLayer"]["Properties"]["ContentUri"] = "s3://artifacts/layer.zip"
     secret = {"DatabaseSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:db-AbCdEf"}
@@ -424,3 +425,169 @@ def test_the_transformed_poller_is_an_eventbridge_schedule_with_no_retries(monke
     assert rule["Properties"]["ScheduleExpression"] == {"Ref": "CloudflarePollSchedule"}
     [invoke_config] = [r for r in resources.values() if r["Type"] == "AWS::Lambda::EventInvokeConfig"]
     assert invoke_config["Properties"]["MaximumRetryAttempts"] == 0
+
+
+# --- the checkpoint API -------------------------------------------------------------------------------------------
+
+API_SECURITY = {"Fn::If": ["ApiUsesJwt", [{"jwt": []}], [{"sigv4": []}]]}
+
+
+def _api_statements() -> list[dict[str, Any]]:
+    [policy] = _resources()["CheckpointApiRole"]["Properties"]["Policies"]
+    return policy["PolicyDocument"]["Statement"]
+
+
+def _api_statement(sid: str) -> tuple[str | None, dict[str, Any]]:
+    for entry in _api_statements():
+        if "Fn::If" in entry:
+            condition, statement, otherwise = entry["Fn::If"]
+            assert otherwise == {"Ref": "AWS::NoValue"}
+            if statement.get("Sid") == sid:
+                return condition, statement
+        elif entry.get("Sid") == sid:
+            return None, entry
+    raise AssertionError(f"no checkpoint API statement {sid}")
+
+
+def _transformed(monkeypatch: pytest.MonkeyPatch, **parameters: str) -> dict[str, Any]:
+    from samtranslator.translator.transform import transform
+
+    class NoManagedPolicies:
+        def load(self) -> dict[str, str]:
+            return {}
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    template = _template()
+    for function in ("PromoteCheckpointsFunction", "R2QueuePollerFunction", "CheckpointApiFunction"):
+        template["Resources"][function]["Properties"]["CodeUri"] = "s3://artifacts/function.zip"
+    template["Resources"]["CkptLayer"]["Properties"]["ContentUri"] = "s3://artifacts/layer.zip"
+    values = {"DatabaseSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:db-AbCdEf", **parameters}
+    resources: dict[str, Any] = transform(template, values, NoManagedPolicies())["Resources"]
+    return resources
+
+
+def test_every_api_route_is_authorised_by_iam_unless_jwt_is_chosen_and_never_open():
+    template = _template()
+    parameter = template["Parameters"]["ApiAuthorization"]
+    assert (parameter["Default"], parameter["AllowedValues"]) == ("IAM", ["IAM", "JWT"])
+    assert template["Conditions"]["ApiUsesJwt"] == {"Fn::Equals": [{"Ref": "ApiAuthorization"}, "JWT"]}
+    body = _resources()["CheckpointHttpApi"]["Properties"]["DefinitionBody"]
+    assert body["paths"]
+    for path, operations in body["paths"].items():
+        assert list(operations) == ["get"], path
+        assert operations["get"]["security"] == API_SECURITY, path
+    iam_or_jwt = body["components"]["securitySchemes"]["Fn::If"]
+    assert iam_or_jwt[0] == "ApiUsesJwt"
+    assert iam_or_jwt[1]["jwt"]["x-amazon-apigateway-authorizer"] == {
+        "type": "jwt",
+        "identitySource": "$request.header.Authorization",
+        "jwtConfiguration": {"issuer": {"Ref": "ApiJwtIssuer"}, "audience": {"Ref": "ApiJwtAudience"}},
+    }
+    assert iam_or_jwt[2]["sigv4"]["x-amazon-apigateway-authtype"] == "awsSigv4"
+    # SAM's Auth would override the definition's security: the API must not have one
+    assert "Auth" not in _resources()["CheckpointHttpApi"]["Properties"]
+
+
+def test_a_jwt_api_requires_its_issuer_and_audience():
+    template = _template()
+    rule = template["Rules"]["ApiJwtNeedsIssuerAndAudience"]
+    assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": "ApiAuthorization"}, "JWT"]}
+    issuer, audience = (assertion["Assert"] for assertion in rule["Assertions"])
+    assert issuer == {"Fn::Not": [{"Fn::Equals": [{"Ref": "ApiJwtIssuer"}, ""]}]}
+    assert audience == {"Fn::Not": [{"Fn::EachMemberEquals": [{"Ref": "ApiJwtAudience"}, ""]}]}
+    pattern = template["Parameters"]["ApiJwtIssuer"]["AllowedPattern"]
+    assert re.fullmatch(pattern, "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_AbCdEf")
+    assert re.fullmatch(pattern, "")
+    assert not re.fullmatch(pattern, "http://issuer.example")
+
+
+def test_the_api_routes_are_the_functions_events_and_the_openapi_description():
+    function = _resources()["CheckpointApiFunction"]["Properties"]
+    events = {(e["Properties"]["Method"].lower(), e["Properties"]["Path"]) for e in function["Events"].values()}
+    assert all(e["Type"] == "HttpApi" for e in function["Events"].values())
+    assert all(e["Properties"]["ApiId"] == {"Ref": "CheckpointHttpApi"} for e in function["Events"].values())
+    body = _resources()["CheckpointHttpApi"]["Properties"]["DefinitionBody"]
+    defined = {(method, path) for path, operations in body["paths"].items() for method in operations}
+    document = json.loads((ROOT / "functions/checkpoint_api/openapi.json").read_text())
+    described = {(method, path) for path, operations in document["paths"].items() for method in operations}
+    assert events == defined == described
+    assert len(events) == 4
+
+
+def test_the_api_function_runs_the_shared_layer_within_api_gateways_time():
+    function = _resources()["CheckpointApiFunction"]["Properties"]
+    promotion = _resources()["PromoteCheckpointsFunction"]["Properties"]
+    assert function["Handler"] == "checkpoint_api.app.lambda_handler"
+    assert function["CodeUri"] == promotion["CodeUri"] == "functions/"
+    assert function["Layers"] == [{"Ref": "CkptLayer"}]
+    assert function["Role"] == {"Fn::GetAtt": ["CheckpointApiRole", "Arn"]}
+    assert function["LoggingConfig"] == {"LogGroup": {"Ref": "CheckpointApiLogGroup"}}
+    assert function["VpcConfig"] == promotion["VpcConfig"]
+    assert function["Timeout"] < 30  # HTTP API integrations time out at 30 s
+    variables = function["Environment"]["Variables"]
+    for name in ("CHECKPOINT_BUCKET", "AWS_S3_ENDPOINT_URL", "DATABASE_SECRET_ARN", "STORAGE_CREDENTIALS_SECRET_ARN"):
+        assert variables[name] == promotion["Environment"]["Variables"][name], name
+    for name in ("STAGING_PREFIX", "CANONICAL_PREFIX", "CHECKPOINT_URI_SCHEME"):
+        assert variables[name] == promotion["Environment"]["Variables"][name], name
+    assert variables["DATABASE_URL"] == ""
+
+
+def test_the_api_is_throttled_and_logs_every_request():
+    api = _resources()["CheckpointHttpApi"]["Properties"]
+    assert api["FailOnWarnings"] is True
+    assert api["DefaultRouteSettings"] == {
+        "ThrottlingRateLimit": {"Ref": "ApiThrottlingRateLimit"},
+        "ThrottlingBurstLimit": {"Ref": "ApiThrottlingBurstLimit"},
+    }
+    assert api["AccessLogSettings"]["DestinationArn"] == {"Fn::GetAtt": ["CheckpointApiAccessLogGroup", "Arn"]}
+    json.loads(api["AccessLogSettings"]["Format"])  # one JSON object per request
+
+
+def test_the_api_role_only_reads_the_canonical_checkpoints_and_its_secrets():
+    sids = [entry["Fn::If"][1]["Sid"] if "Fn::If" in entry else entry["Sid"] for entry in _api_statements()]
+    assert sids == [
+        "WriteOwnLogs",
+        "XRayTracing",
+        "ReadCanonical",
+        "ReadDatabaseSecret",
+        "ReadStorageCredentialsSecret",
+        "DecryptWithCustomerManagedKeys",
+        "VpcNetworkInterfaces",
+    ]
+    _, canonical = _api_statement("ReadCanonical")
+    assert canonical["Action"] == ["s3:GetObject", "s3:GetObjectVersion"]
+    assert canonical["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:s3:::${BucketName}/${CanonicalPrefix}*"}
+    _, logs = _api_statement("WriteOwnLogs")
+    assert logs["Resource"] == {"Fn::GetAtt": ["CheckpointApiLogGroup", "Arn"]}
+    assert _api_statement("ReadDatabaseSecret")[1]["Resource"] == {"Ref": "DatabaseSecretArn"}
+    assert _api_statement("ReadStorageCredentialsSecret")[0] == "HasStorageCredentials"
+    condition, kms = _api_statement("DecryptWithCustomerManagedKeys")
+    assert (condition, kms["Action"], kms["Resource"]) == ("HasKmsKeys", "kms:Decrypt", {"Ref": "KmsKeyArns"})
+    granted = json.dumps(_api_statements())
+    for action in ("s3:PutObject", "s3:DeleteObject", "s3:ListBucket", "sqs:", "kms:GenerateDataKey", "s3:*"):
+        assert action not in granted, action
+    assert "StagingPrefix" not in granted
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [{}, {"ApiAuthorization": "JWT", "ApiJwtIssuer": "https://id.example", "ApiJwtAudience": "x"}],
+    ids=["iam", "jwt"],
+)
+def test_the_transformed_api_integrates_each_route_with_the_function_under_its_authorizer(monkeypatch, parameters):
+    # CloudFormation resolves the security's Fn::If at deployment, by ApiAuthorization
+    resources = _transformed(monkeypatch, **parameters)
+    [api] = [r for r in resources.values() if r["Type"] == "AWS::ApiGatewayV2::Api"]
+    paths = api["Properties"]["Body"]["paths"]
+    assert len(paths) == 4
+    for path, operations in paths.items():
+        operation = operations["get"]
+        assert operation["security"] == API_SECURITY, path
+        integration = operation["x-amazon-apigateway-integration"]
+        assert (integration["type"], integration["payloadFormatVersion"]) == ("aws_proxy", "2.0")
+        assert "${CheckpointApiFunction.Arn}" in integration["uri"]["Fn::Sub"]
+    permissions = [
+        r for r in resources.values() if r["Type"] == "AWS::Lambda::Permission" and "CheckpointHttpApi" in json.dumps(r)
+    ]
+    assert len(permissions) == 4
+    assert all(p["Properties"]["FunctionName"] == {"Ref": "CheckpointApiFunction"} for p in permissions)

@@ -34,6 +34,7 @@ from ckpt.fetch import fetch_checkpoint
 from ckpt.keys import MAX_ID, AttemptRef, JobRef, parse_id
 from ckpt.manifest import Metric, TrainerStatus
 from ckpt.outcome import Status
+from ckpt.promoted import NotPromoted
 from ckpt.service import build_promoter, engine_from_settings, s3_client
 from ckpt.staging import resolve_attempt
 from ckpt.training import stage_weights
@@ -95,7 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     stage.add_argument("--error", default=None, help="what went wrong, for a failed run")
     stage.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
 
-    fetch = commands.add_parser("fetch", help="download a job's promoted checkpoint, verified")
+    fetch = commands.add_parser(
+        "fetch", help="download a job's promoted checkpoint (as the database records it), verified by its SHA-256"
+    )
     fetch.add_argument("--project-id", type=_id, default=None, help="omit for test jobs")
     fetch.add_argument("--job-id", type=_id, required=True)
     fetch.add_argument("--which", choices=["last", "best"], default="last")
@@ -124,10 +127,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "stage":
         return _stage(args, settings)
     if args.command == "fetch":
-        job = JobRef(job_id=args.job_id, project_id=args.project_id)
-        fetched = fetch_checkpoint(s3_client(settings, _read_secret), settings.layout(), job, args.which, args.output)
-        print(f"{fetched.uri} -> {fetched.path} ({fetched.size} bytes, sha256 {fetched.sha256}, verified)")
-        return 0
+        return _fetch(args, settings)
     engine = engine_from_settings(settings, _read_secret)
     if args.command == "db":
         if args.db_command == "upgrade":
@@ -144,6 +144,25 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     outcome = promoter.reprocess(job, args.attempt, dry_run=args.dry_run)
     print(json.dumps(outcome.log_fields(), indent=2, default=str))
     return 0 if outcome.status in (Status.PROMOTED, Status.PLANNED, Status.DUPLICATE) else 1
+
+
+def _fetch(args: argparse.Namespace, settings: Settings) -> int:
+    """The promoted checkpoint as the database records it (the record the API and a resumed training read too)."""
+    job = JobRef(job_id=args.job_id, project_id=args.project_id)
+    engine = engine_from_settings(settings, _read_secret)
+    client = s3_client(settings, _read_secret)
+    try:
+        fetched = fetch_checkpoint(client, settings.layout(), engine, job, args.which, args.output)
+    except NotPromoted as exc:
+        print(f"ckpt: {exc.reason}", file=sys.stderr)
+        return 1
+    record = fetched.checkpoint
+    epoch = "unknown epoch" if record.epoch is None else f"epoch {record.epoch}"
+    print(
+        f"{fetched.uri} -> {fetched.path} ({epoch}, attempt {record.attempt}, {fetched.size} bytes, "
+        f"sha256 {fetched.sha256}, verified)"
+    )
+    return 0
 
 
 def _stage(args: argparse.Namespace, settings: Settings) -> int:

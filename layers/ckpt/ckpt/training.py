@@ -16,10 +16,16 @@ the status, epochs, metric and error. The exception (or signal) then goes on as 
 exits exactly as it would without this block. An upload failure (or any other failure of the staging) is
 retried where it can be, then logged loudly and returned in ``run.result``; it never raises into the training
 script.
+
+``resume=True`` starts the run from the job's promoted last.pt: the database's record says what that is
+(``ckpt.promoted``, the record ``ckpt fetch`` and the checkpoint API read), the file is downloaded and checked
+against the recorded SHA-256 before ``run.resumed`` names it, and the run stages as a new attempt. With nothing
+promoted it starts fresh and logs so.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shlex
@@ -35,12 +41,18 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
+from sqlalchemy import Engine
+
 from ckpt.config import Settings
 from ckpt.errors import StorageUnavailable
+from ckpt.fetch import Fetched, fetch_checkpoint
 from ckpt.keys import CHECKPOINT_NAMES, AttemptRef, CheckpointName, JobRef, Layout
 from ckpt.manifest import Manifest, Metric, Status
+from ckpt.promoted import CheckpointNotPromoted, NothingPromoted, PromotedJob, UnknownJob
+from ckpt.rules import EpochMetric
+from ckpt.service import engine_from_settings
 from ckpt.staging import Checkpoint, resolve_attempt, stage_attempt
-from ckpt.storage import make_client
+from ckpt.storage import HASH_CHUNK_BYTES, make_client
 from ckpt.tracking import EpochTracker
 from ckpt.upload import Uploaded, Uploader, UploadPolicy
 
@@ -142,11 +154,16 @@ class TrainingRun:
         client: Any = None,
         policy: UploadPolicy | None = None,
         handle_sigterm: bool = True,
+        resume: bool = False,
+        engine: Engine | None = None,
     ) -> None:
         """``attempt``: explicit, else CKPT_ATTEMPT, else one more than the highest staged (see
         ``ckpt.staging.next_attempt``). ``backup_every_minutes``: re-stage last.pt in the background at most
         that often (off by default), so a job killed with SIGKILL still leaves a recent last.pt in staging.
-        Settings (bucket, endpoint, prefixes) come from the environment unless given."""
+        ``resume``: start from the job's promoted last.pt (``run.resumed``), fetched and verified when the run
+        starts; that needs the database (``engine``, else DATABASE_URL or DATABASE_SECRET_ARN), which holds the
+        record of what is promoted. Settings (bucket, endpoint, prefixes) come from the environment unless
+        given."""
         self.job = JobRef(job_id=job_id, project_id=project_id)
         self.weights_dir = Path(weights_dir) if weights_dir is not None else None
         self.metric = metric
@@ -163,6 +180,11 @@ class TrainingRun:
         self._backup: _Backup | None = None
         self.ref: AttemptRef | None = None
         self.layout: Layout | None = None
+        self._resume = resume
+        self._engine = engine
+        self._resume_folder: tempfile.TemporaryDirectory[str] | None = None
+        # The promoted last.pt this run resumes from (downloaded and verified), or None (a fresh start).
+        self.resumed: Fetched | None = None
 
     # --- the training loop's side ----------------------------------------------------------------------
 
@@ -190,6 +212,14 @@ class TrainingRun:
         self._policy = policy if policy.profile else replace(policy, profile=settings.profile())
         if self._client is None:
             self._client = make_client(settings.endpoint_url)
+        if self._resume:
+            # Before anything else: a failure here (database or store unreachable, a job id of another project)
+            # ends the run before it trains, rather than training from scratch over the promoted progress.
+            try:
+                self.resumed = self._fetch_resume_point(settings)
+            except BaseException:
+                self._resume_ended()  # no __exit__ follows a failed __enter__
+                raise
         try:
             self._resolve_ref()
         except Exception as exc:  # the store may be down now and back by the end of training
@@ -214,6 +244,7 @@ class TrainingRun:
         finally:
             if self._handle_sigterm:
                 self._restore_sigterm()
+            self._resume_ended()
             if isinstance(exc, Terminated):
                 # Die of SIGTERM as the process would have without us.
                 signal.raise_signal(signal.SIGTERM)
@@ -277,6 +308,56 @@ class TrainingRun:
     def _weights(self) -> Path | None:
         """The folder holding best.pt and last.pt (integrations may find it late)."""
         return self.weights_dir
+
+    # --- resume ------------------------------------------------------------------------------------------
+
+    def _fetch_resume_point(self, settings: Settings) -> Fetched | None:
+        """The promoted last.pt, downloaded and verified, or None (logged) when the record has none."""
+        assert self.layout is not None
+        engine = self._engine or engine_from_settings(settings, _read_secret)
+        destination = self._resume_to()
+        local = _sha256_of(destination / "last.pt" if destination.is_dir() else destination)
+        try:
+            fetched = fetch_checkpoint(self._client, self.layout, engine, self.job, "last", destination)
+        except (UnknownJob, NothingPromoted, CheckpointNotPromoted) as nothing:
+            log.warning("resume: %s; starting fresh", nothing.reason)
+            return None
+        if local is not None and local != fetched.sha256:
+            log.warning("resume: the local %s (SHA-256 %s) was replaced by the promoted last.pt", fetched.path, local)
+        if not self._can_resume_from(fetched):
+            return None
+        self.tracker.reports.extend(resume_reports(fetched.promoted))
+        record = fetched.checkpoint
+        log.info(
+            "resuming %s from its promoted last.pt: epoch %s of attempt %d, %s (SHA-256 %s verified)",
+            self.job,
+            "unknown" if record.epoch is None else record.epoch,
+            record.attempt,
+            fetched.path,
+            fetched.sha256,
+        )
+        return fetched
+
+    def _resume_to(self) -> Path:
+        """Where the promoted last.pt goes: the weights folder's last.pt, as if this run had saved it, so a run
+        stopped before its first epoch stages it again with its epoch; without a weights folder, a temporary one
+        that lives as long as the run."""
+        if self.weights_dir is not None:
+            return self.weights_dir / "last.pt"
+        return self._temporary_resume_folder()
+
+    def _temporary_resume_folder(self) -> Path:
+        self._resume_folder = tempfile.TemporaryDirectory(prefix=f"ckpt-resume-job-{self.job.job_id}-")
+        return Path(self._resume_folder.name)
+
+    def _can_resume_from(self, fetched: Fetched) -> bool:
+        """Whether training can go on from ``fetched`` (integrations check their framework's own rules)."""
+        return True
+
+    def _resume_ended(self) -> None:
+        if self._resume_folder is not None:
+            self._resume_folder.cleanup()
+            self._resume_folder = None
 
     def _stage_command(self, status: Status, epochs: Mapping[CheckpointName, int | None], error: str | None) -> str:
         parts = ["ckpt stage"]
@@ -372,6 +453,37 @@ class _Backup(threading.Thread):
             if path.is_file() and _signature(path) == self._staged[0]:
                 return {"last": self._staged[1]}
         return {}
+
+
+def resume_reports(promoted: PromotedJob) -> list[EpochMetric]:
+    """What a resumed run's tracker starts from: the promoted best and last epochs with their recorded metric,
+    so a resumed epoch is "best" only when it beats the promoted best.pt (whose file the canonical key keeps),
+    and a run stopped before its first epoch names the resumed last.pt by its epoch. Last comes last: it is the
+    tracker's last epoch."""
+    best, last = promoted.checkpoints.get("best"), promoted.checkpoints.get("last")
+    reports = []
+    if best is not None and best.epoch is not None and (last is None or last.epoch != best.epoch):
+        reports.append(EpochMetric(epoch=best.epoch, value=best.metric_value))
+    if last is not None and last.epoch is not None:
+        reports.append(EpochMetric(epoch=last.epoch, value=last.metric_value))
+    return reports
+
+
+def _read_secret(arn: str) -> str:
+    """DATABASE_SECRET_ARN's value, for a trainer that reads the record through a secret."""
+    import boto3
+
+    return str(boto3.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"])
+
+
+def _sha256_of(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _signature(path: Path) -> tuple[int, int]:
