@@ -52,7 +52,7 @@ MAX_CONNECT_TIMEOUT_SECONDS = 3600  # an hour: far beyond any Lambda's patience;
 MAX_NAME_BYTES = 63
 SQLITE_HEADER = b"SQLite format 3\x00"
 RDS_CA_HINT = (
-    "Amazon RDS: AWS's global-bundle.pem, shipped in the layer; layers/ckpt/certs/global-bundle.pem is "
+    "Amazon RDS: download AWS's global-bundle.pem into the layer; layers/ckpt/certs/global-bundle.pem is "
     "/opt/python/certs/global-bundle.pem in Lambda"
 )
 
