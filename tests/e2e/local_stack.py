@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -37,36 +38,40 @@ def _free_port() -> int:
 
 @contextmanager
 def moto_server() -> Iterator[str]:
-    """Start ``moto_server`` on a free loopback port; yields its endpoint URL and stops it afterwards."""
+    """Start moto's server on a free loopback port; yields its endpoint URL and stops it afterwards. Its request
+    log (a line on stderr per request) goes to a file: a pipe nobody reads fills after some 64 KiB, and moto
+    then blocks on the write."""
     port = _free_port()
-    # moto's server, with the copy conditions S3 documents enforced (tests/moto_conformance.py)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.moto_conformance", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])},
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"moto_server exited: {process.stderr.read().decode() if process.stderr else ''}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("moto_server did not start within 30 s") from None
-                time.sleep(0.1)
-        yield endpoint
-    finally:
-        process.terminate()
+    with tempfile.TemporaryFile() as log:
+        # moto's server, with the copy conditions S3 documents enforced (tests/moto_conformance.py)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.moto_conformance", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            cwd=REPO_ROOT,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])},
+        )
+        endpoint = f"http://127.0.0.1:{port}"
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+            deadline = time.monotonic() + 30
+            while True:
+                if process.poll() is not None:
+                    log.seek(0)
+                    raise RuntimeError(f"moto_server exited: {log.read()[-2000:].decode(errors='replace')}")
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("moto_server did not start within 30 s") from None
+                    time.sleep(0.1)
+            yield endpoint
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
 @dataclass
