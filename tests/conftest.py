@@ -18,11 +18,11 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from ckpt.db.engine import make_engine
-from ckpt.db.store import PromotionStore
-from ckpt.keys import Layout
-from ckpt.promotion import Promoter
-from ckpt.storage import S3Storage, make_client
+from ckpt.adapters.db.engine import make_engine
+from ckpt.adapters.db.store import PromotionStore
+from ckpt.adapters.storage import S3Storage, make_client
+from ckpt.contract.keys import Layout
+from ckpt.promotion.promoter import Promoter
 from tests.moto_conformance import enforce_copy_conditions
 from tests.support import BUCKET, Trainer, reset_database
 

@@ -9,12 +9,12 @@ from typing import Any
 
 from sqlalchemy import Engine, insert, text
 
-from ckpt.db import migrate
-from ckpt.db.schema import platform_metadata, validation_results
-from ckpt.db.store import PromotionStore
-from ckpt.keys import AttemptRef, CheckpointName, JobRef, Layout
-from ckpt.manifest import Manifest, Status
-from ckpt.staging import Checkpoint, stage_attempt
+from ckpt.adapters.db import migrate
+from ckpt.adapters.db.schema import platform_metadata, validation_results
+from ckpt.adapters.db.store import PromotionStore
+from ckpt.contract.keys import AttemptRef, CheckpointName, JobRef, Layout
+from ckpt.contract.manifest import Manifest, Status
+from ckpt.trainer.staging import Checkpoint, stage_attempt
 
 BUCKET = "vision-platform-prod"
 

@@ -1,6 +1,6 @@
 """CheckpointApiFunction's handler: the routes of the checkpoint API, thin on purpose.
 
-Each route parses (Powertools validates the path and query against ``models``), asks ``ckpt.promoted`` one
+Each route parses (Powertools validates the path and query against ``models``), asks ``ckpt.promotion.promoted`` one
 question (what the database records as the job's promoted checkpoints; a download link to one of them) and
 shapes the answer. Everything that goes wrong is an answer with a JSON ``ErrorBody``, never a stack trace:
 
@@ -31,7 +31,6 @@ from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config
 from sqlalchemy import Engine
@@ -48,12 +47,12 @@ from checkpoint_api.models import (
     ProjectId,
     PromotedFiles,
 )
+from ckpt.adapters.db.store import PromotionStore
 from ckpt.config import Settings, storage_credentials_from_secret
-from ckpt.db.store import PromotionStore
+from ckpt.contract.keys import CheckpointName as Name
+from ckpt.contract.keys import JobRef, Layout
 from ckpt.errors import ConfigurationError, TransientError
-from ckpt.keys import CheckpointName as Name
-from ckpt.keys import JobRef, Layout
-from ckpt.promoted import (
+from ckpt.promotion.promoted import (
     DEFAULT_LINK_SECONDS,
     CheckpointMissing,
     CheckpointReplaced,
@@ -62,6 +61,7 @@ from ckpt.promoted import (
     read_promoted,
 )
 from ckpt.service import check_schema, engine_from_settings
+from promote_checkpoints.secrets import read_secret
 
 logger = Logger(service="checkpoint-api")
 tracer = Tracer(service="checkpoint-api")
@@ -92,7 +92,7 @@ def wiring() -> Wiring:
     global _wiring
     if _wiring is None:
         settings = Settings.from_env(os.environ)
-        engine = engine_from_settings(settings, _read_secret)
+        engine = engine_from_settings(settings, read_secret)
         check_schema(PromotionStore(engine))
         _wiring = Wiring(engine=engine, client=presigning_client(settings), layout=settings.layout())
     return _wiring
@@ -106,7 +106,7 @@ def presigning_client(settings: Settings) -> Any:
     A link made with the role's credentials also ends when their session does; one made with R2's keys does not."""
     credentials: dict[str, str] = {}
     if settings.storage_credentials_secret_arn:
-        credentials = storage_credentials_from_secret(_read_secret(settings.storage_credentials_secret_arn))
+        credentials = storage_credentials_from_secret(read_secret(settings.storage_credentials_secret_arn))
     # None: the default chain (the function's role, refreshed as it rotates)
     access_key, secret_key = credentials.get("aws_access_key_id"), credentials.get("aws_secret_access_key")
     config = Config(
@@ -124,10 +124,6 @@ def presigning_client(settings: Settings) -> Any:
         aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
     )
-
-
-def _read_secret(arn: str) -> str:
-    return str(parameters.get_secret(arn, max_age=300))
 
 
 # --- routes ---------------------------------------------------------------------------------------------------

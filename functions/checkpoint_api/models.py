@@ -12,8 +12,14 @@ from typing import Annotated, Literal
 from aws_lambda_powertools.event_handler.openapi.params import Path, Query
 from pydantic import BaseModel, BeforeValidator, Field
 
-from ckpt.keys import MAX_ID, parse_id
-from ckpt.promoted import DEFAULT_LINK_SECONDS, MAX_LINK_SECONDS, MIN_LINK_SECONDS, DownloadLink, PromotedCheckpoint
+from ckpt.contract.keys import MAX_ID, parse_id
+from ckpt.promotion.promoted import (
+    DEFAULT_LINK_SECONDS,
+    MAX_LINK_SECONDS,
+    MIN_LINK_SECONDS,
+    DownloadLink,
+    PromotedCheckpoint,
+)
 
 # --- parameters ---------------------------------------------------------------------------------------------
 

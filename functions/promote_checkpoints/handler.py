@@ -13,20 +13,20 @@ from contextlib import suppress
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from ckpt.config import Settings
+from ckpt.contract.keys import JobRef
+from ckpt.contract.outcome import LOGGED_TEXT_LIMIT, Outcome
 from ckpt.errors import ConfigurationError, Rejected, TransientError
-from ckpt.keys import JobRef
-from ckpt.outcome import LOGGED_TEXT_LIMIT, Outcome
-from ckpt.promotion import Promoter
+from ckpt.promotion.promoter import Promoter
 from ckpt.service import build_promoter, engine_from_settings
 from ckpt.text import bounded, escaped
 from promote_checkpoints import triggers
 from promote_checkpoints.observability import logger, metrics, tracer
+from promote_checkpoints.secrets import read_secret
 
 processor = BatchProcessor(event_type=EventType.SQS)
 _promoter: Promoter | None = None
@@ -41,8 +41,8 @@ def get_promoter() -> Promoter:
     global _promoter
     if _promoter is None:
         settings = Settings.from_env(os.environ)
-        engine = engine_from_settings(settings, _read_secret)
-        _promoter = build_promoter(settings, engine, _read_secret)
+        engine = engine_from_settings(settings, read_secret)
+        _promoter = build_promoter(settings, engine, read_secret)
     return _promoter
 
 
@@ -57,10 +57,6 @@ def configuration_failed(exc: ConfigurationError) -> None:
     if str(exc) not in _configuration_errors_reported:
         _configuration_errors_reported.add(str(exc))
         logger.error("the function is misconfigured, nothing can be promoted until it is fixed: %s", exc)
-
-
-def _read_secret(arn: str) -> str:
-    return str(parameters.get_secret(arn, max_age=300))
 
 
 @tracer.capture_method

@@ -71,9 +71,11 @@ logger = Logger(service="checkpoint-promotion")
 tracer = (
     Tracer(service="checkpoint-promotion", disabled=True, provider=_NoTracing())
     if tracing_off(os.environ)
-    else Tracer(service="checkpoint-promotion")
+    # botocore only: Powertools' default patches every library X-Ray knows, and the SQLAlchemy patch alone imports
+    # sqlalchemy.orm (~200 ms of each cold start) to put a subsegment on every statement.
+    else Tracer(service="checkpoint-promotion", patch_modules=["botocore"])
 )
 metrics = Metrics(namespace="CheckpointPipeline", service="checkpoint-promotion")
 
 # The ckpt package logs through the standard library; give its loggers the same JSON format and level.
-copy_config_to_registered_loggers(source_logger=logger, include={"ckpt", "ckpt.promotion"})
+copy_config_to_registered_loggers(source_logger=logger, include={"ckpt", "ckpt.promotion.promoter"})

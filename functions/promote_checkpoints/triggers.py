@@ -18,9 +18,9 @@ from aws_lambda_powertools.utilities.data_classes.s3_event import S3EventRecord
 from aws_lambda_powertools.utilities.parser import BaseModel
 from pydantic import ConfigDict, Field, ValidationError
 
-from ckpt import strict_json
+from ckpt.contract import strict_json
+from ckpt.contract.keys import MAX_ID
 from ckpt.errors import describe
-from ckpt.keys import MAX_ID
 from ckpt.text import bounded, escaped, shown
 
 # R2 notifications name the action; only these create an object.

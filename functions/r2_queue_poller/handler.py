@@ -1,7 +1,7 @@
 """R2QueuePollerFunction's handler, run on a schedule: drain the Cloudflare Queue that R2's event
 notifications go to, promoting each manifest with the promotion function's own promoter.
 
-Thin on purpose: read the settings, build the queue client and the promoter, run ``ckpt.r2_polling.drain``
+Thin on purpose: read the settings, build the queue client and the promoter, run ``ckpt.promotion.r2_polling.drain``
 (whose docstring has the rules: what is acknowledged, retried with a delay, or left), publish its counts.
 
 Safe to run concurrently with itself (overlapping schedules, a manual invoke): a pull leases its messages to
@@ -18,15 +18,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from ckpt import strict_json
-from ckpt.cloudflare_queues import CloudflareQueue, PulledMessage, api_token_from_secret
+from ckpt.adapters.cloudflare_queues import CloudflareQueue, PulledMessage, api_token_from_secret
+from ckpt.contract import strict_json
+from ckpt.contract.keys import Layout
+from ckpt.contract.outcome import Outcome
 from ckpt.errors import ConfigurationError, TransientError
-from ckpt.keys import Layout
-from ckpt.outcome import Outcome
-from ckpt.r2_polling import (
+from ckpt.promotion.r2_polling import (
     Disposition,
     DrainPolicy,
     DrainReport,
@@ -40,17 +39,14 @@ from ckpt.r2_polling import (
 from promote_checkpoints import handler as promotion
 from promote_checkpoints import triggers
 from promote_checkpoints.observability import logger, metrics, tracer
+from promote_checkpoints.secrets import read_secret
 
 # Recorded in ckpt_promotions.trigger (String(32)).
 TRIGGER = "r2-queue"
 
 
-def _read_secret(arn: str) -> str:
-    return str(parameters.get_secret(arn, max_age=300))
-
-
 def queue_client(settings: PollerSettings) -> CloudflareQueue:
-    token = api_token_from_secret(_read_secret(settings.api_token_secret_arn))
+    token = api_token_from_secret(read_secret(settings.api_token_secret_arn))
     return CloudflareQueue(settings.account_id, settings.queue_id, token, base_url=settings.api_base_url)
 
 

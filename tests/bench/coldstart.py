@@ -51,14 +51,15 @@ def stale_reason(root: Path) -> str | None:
     return None
 
 
-def ensure_build(root: Path, sam: Path, rebuild: str = "auto") -> dict[str, Any]:
-    """Run ``sam build`` when ``rebuild`` is "always", or "auto" and the build is missing or stale."""
+def ensure_build(root: Path, rebuild: str = "auto") -> dict[str, Any]:
+    """Build as ``make build`` does (sam build, then compiled to bytecode) when ``rebuild`` is "always", or "auto"
+    and the build is missing or stale."""
     reason = stale_reason(root)
     if rebuild == "never" or (rebuild == "auto" and reason is None):
         return {"built": False, "stale": reason}
     started = time.perf_counter()
     result = subprocess.run(
-        [str(sam), "build"],
+        ["make", "--no-print-directory", "build"],
         cwd=root,
         env={**os.environ, "SAM_CLI_TELEMETRY": "0"},
         capture_output=True,

@@ -41,7 +41,7 @@ import boto3
 import pg8000.native
 from botocore.config import Config
 
-LOCK_KEY = "ckpt:job:{job_id}"  # the product's advisory lock key (ckpt.db.store)
+LOCK_KEY = "ckpt:job:{job_id}"  # the product's advisory lock key (ckpt.adapters.db.store)
 TRIGGER = "sqs:s3"
 
 LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(CAST(:key AS text), 0))"

@@ -538,7 +538,7 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, Any] = {"environment": environment(), "arguments": {k: str(v) for k, v in vars(args).items()}}
     if figures & {"coldstart", "layer"}:
         log("checking the build (sam build when it is missing or older than the sources)")
-        results["build"] = coldstart.ensure_build(REPO_ROOT, REPO_ROOT / ".venv" / "bin" / "sam", args.rebuild)
+        results["build"] = coldstart.ensure_build(REPO_ROOT, args.rebuild)
         log(f"  {results['build']}")
     pair = {"best": os.urandom(MiB), "last": os.urandom(MiB)}
     with moto_server() as endpoint, bench_database() as database_url:

@@ -72,9 +72,9 @@ def quiet_stdout() -> Iterator[None]:
 class Job:
     job_id: int
     manifest_key: str
-    ref: Any = None  # ckpt.keys.AttemptRef
-    checkpoints: dict[str, Any] = field(default_factory=dict)  # name -> ckpt.staging.Checkpoint
-    staged: dict[str, Any] | None = None  # name -> ckpt.upload.Uploaded, when the manifest is not written yet
+    ref: Any = None  # ckpt.contract.keys.AttemptRef
+    checkpoints: dict[str, Any] = field(default_factory=dict)  # name -> ckpt.trainer.staging.Checkpoint
+    staged: dict[str, Any] | None = None  # name -> ckpt.trainer.upload.Uploaded, when the manifest is not written yet
     message: dict[str, Any] | None = None
 
 
@@ -105,7 +105,7 @@ class Stack:
                 "LOG_LEVEL": "INFO",
             }
         )
-        from ckpt.keys import Layout
+        from ckpt.contract.keys import Layout
 
         self.layout = Layout(bucket=self.bucket)
 
@@ -114,10 +114,10 @@ class Stack:
     ) -> list[Job]:
         """Stage ``count`` new jobs: the platform's rows first, then each job's files and (unless ``manifest`` is
         False, for ``put_manifest`` to write later) its manifest."""
-        from ckpt.db.schema import validation_results
-        from ckpt.keys import JobRef
-        from ckpt.staging import Checkpoint, stage_attempt
-        from ckpt.upload import Uploader
+        from ckpt.adapters.db.schema import validation_results
+        from ckpt.contract.keys import JobRef
+        from ckpt.trainer.staging import Checkpoint, stage_attempt
+        from ckpt.trainer.upload import Uploader
         from tests.support import attempt
 
         epochs = epochs or {"best": 18, "last": 20}
@@ -153,7 +153,7 @@ class Stack:
 
     def put_manifest(self, job: Job) -> None:
         """Write the manifest of a job staged with ``manifest=False`` (its files are there already)."""
-        from ckpt.staging import stage_attempt
+        from ckpt.trainer.staging import stage_attempt
 
         stage_attempt(
             self.pipeline.s3,

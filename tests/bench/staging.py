@@ -28,9 +28,9 @@ MiB = 1024 * 1024
 
 def staging(endpoint: str, size: int, repeats: int) -> dict[str, list[float]]:
     """Seconds to stage ``size`` bytes with TrainingRun (file + manifest) and with ``upload_file``."""
+    from ckpt.adapters.storage import make_client
     from ckpt.config import Settings
-    from ckpt.storage import make_client
-    from ckpt.training import TrainingRun
+    from ckpt.trainer.training import TrainingRun
 
     bucket = "bench-staging"
     client = make_client(endpoint, "us-east-1")
@@ -74,7 +74,7 @@ def staging(endpoint: str, size: int, repeats: int) -> dict[str, list[float]]:
 
 @contextmanager
 def _trainer_without_awscrt() -> Iterator[None]:
-    from ckpt import checksums
+    from ckpt.trainer import checksums
 
     original = checksums._crc64nvme
     checksums._crc64nvme = lambda: None  # type: ignore[assignment]
@@ -86,16 +86,16 @@ def _trainer_without_awscrt() -> Iterator[None]:
 
 def bytes_by_profile(endpoint: str, size: int, probe: CostProbe) -> list[dict[str, Any]]:
     """Per (profile, trainer): the bytes of the staged file the promotion read, its S3 calls and seconds."""
-    from ckpt.db import migrate
-    from ckpt.db.engine import make_engine
-    from ckpt.db.schema import platform_metadata
-    from ckpt.db.store import PromotionStore
-    from ckpt.keys import CheckpointName, Layout
-    from ckpt.profiles import R2, S3
-    from ckpt.promotion import Promoter
-    from ckpt.staging import Checkpoint
-    from ckpt.storage import S3Storage, make_client
-    from ckpt.upload import UploadPolicy
+    from ckpt.adapters.db import migrate
+    from ckpt.adapters.db.engine import make_engine
+    from ckpt.adapters.db.schema import platform_metadata
+    from ckpt.adapters.db.store import PromotionStore
+    from ckpt.adapters.profiles import R2, S3
+    from ckpt.adapters.storage import S3Storage, make_client
+    from ckpt.contract.keys import CheckpointName, Layout
+    from ckpt.promotion.promoter import Promoter
+    from ckpt.trainer.staging import Checkpoint
+    from ckpt.trainer.upload import UploadPolicy
     from tests.e2e.local_stack import Pipeline
     from tests.r2_proxy import R2Proxy
     from tests.support import Trainer, attempt

@@ -29,16 +29,16 @@ from typing import Any
 import boto3
 from sqlalchemy import Engine, insert
 
-from ckpt.db import migrate
-from ckpt.db.engine import make_engine
-from ckpt.db.schema import platform_metadata, validation_results
-from ckpt.db.store import PromotionStore
-from ckpt.keys import AttemptRef, CheckpointName, JobRef, Layout
-from ckpt.manifest import Metric
-from ckpt.profiles import R2
-from ckpt.staging import Checkpoint, stage_attempt
-from ckpt.storage import make_client
-from ckpt.upload import UploadPolicy
+from ckpt.adapters.db import migrate
+from ckpt.adapters.db.engine import make_engine
+from ckpt.adapters.db.schema import platform_metadata, validation_results
+from ckpt.adapters.db.store import PromotionStore
+from ckpt.adapters.profiles import R2
+from ckpt.adapters.storage import make_client
+from ckpt.contract.keys import AttemptRef, CheckpointName, JobRef, Layout
+from ckpt.contract.manifest import Metric
+from ckpt.trainer.staging import Checkpoint, stage_attempt
+from ckpt.trainer.upload import UploadPolicy
 from tests.e2e.local_stack import CREDENTIALS, REGION, Pipeline, moto_server
 from tests.support import LambdaContext
 

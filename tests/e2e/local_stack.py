@@ -21,7 +21,7 @@ from typing import Any
 import boto3
 from sqlalchemy import Engine
 
-from ckpt.storage import make_client
+from ckpt.adapters.storage import make_client
 from tests.support import LambdaContext
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -242,7 +242,7 @@ class FlakyProxy:
 def function_stack(endpoint: str, bucket: str, database_url: str) -> tuple[Pipeline, Engine, Any]:
     """A bucket with its notification queue, the function's environment pointed at it, an empty database with
     the platform's table and the service's, and the handler module (built on first use, as in Lambda)."""
-    from ckpt.db.engine import make_engine
+    from ckpt.adapters.db.engine import make_engine
     from tests.support import reset_database
 
     pipeline = Pipeline(endpoint, bucket).create()

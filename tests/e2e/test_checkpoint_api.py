@@ -19,12 +19,12 @@ import pytest
 from sqlalchemy import Engine
 
 from checkpoint_api import app as api
-from ckpt.db.engine import make_engine
-from ckpt.db.store import PromotionStore
-from ckpt.keys import JobRef, Layout
-from ckpt.promotion import Promoter
-from ckpt.staging import Checkpoint
-from ckpt.storage import S3Storage, make_client
+from ckpt.adapters.db.engine import make_engine
+from ckpt.adapters.db.store import PromotionStore
+from ckpt.adapters.storage import S3Storage, make_client
+from ckpt.contract.keys import JobRef, Layout
+from ckpt.promotion.promoter import Promoter
+from ckpt.trainer.staging import Checkpoint
 from tests.e2e.local_stack import CREDENTIALS, REGION
 from tests.support import LambdaContext, Trainer, add_epochs, attempt, reset_database, weights
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from ckpt.adapters.storage import MiB
 from ckpt.cli import main as ckpt
-from ckpt.storage import MiB
 from tests.e2e.local_stack import function_stack
 from tests.support import add_epochs, paths, records
 
@@ -62,7 +62,7 @@ def test_a_checkpoint_of_real_size_staged_with_ckpt_stage_is_promoted_intact(
     against the manifest's without reading the file; a trainer without awscrt gives none, and the function
     hashes the bytes instead."""
     if verified_by == "stream":
-        monkeypatch.setattr("ckpt.checksums._crc64nvme", lambda: None)
+        monkeypatch.setattr("ckpt.trainer.checksums._crc64nvme", lambda: None)
     bucket = f"large-{profile}-{size}-{verified_by}"
     pipeline, engine, handler = function_stack(endpoint, bucket, pg_url)
     monkeypatch.setenv("STORAGE_PROFILE", profile)

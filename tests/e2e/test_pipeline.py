@@ -9,8 +9,8 @@ from urllib.parse import unquote_plus
 
 import pytest
 
-from ckpt.db.engine import make_engine
-from ckpt.keys import Layout
+from ckpt.adapters.db.engine import make_engine
+from ckpt.contract.keys import Layout
 from tests.e2e import demo
 from tests.e2e.local_stack import Pipeline, function_stack
 from tests.support import Trainer, add_epochs, attempt, paths, records
@@ -63,8 +63,8 @@ def test_a_redelivered_notification_is_recorded_as_a_duplicate(endpoint, databas
 
 
 def test_large_checkpoints_are_promoted_with_a_multipart_copy(endpoint, tmp_path, clean_environment):
-    from ckpt.staging import Checkpoint
-    from ckpt.storage import MiB, S3Storage
+    from ckpt.adapters.storage import MiB, S3Storage
+    from ckpt.trainer.staging import Checkpoint
 
     database_url = f"sqlite:///{tmp_path / 'ckpt.db'}"
     pipeline, engine, handler = function_stack(endpoint, "multipart", database_url)
@@ -87,9 +87,9 @@ def test_large_checkpoints_are_promoted_with_a_multipart_copy(endpoint, tmp_path
 
 
 def test_a_store_that_fails_twice_then_recovers_still_gets_everything_staged(endpoint, tmp_path, clean_environment):
+    from ckpt.adapters.storage import make_client
     from ckpt.config import Settings
-    from ckpt.storage import make_client
-    from ckpt.training import TrainingRun
+    from ckpt.trainer.training import TrainingRun
     from tests.e2e.local_stack import FlakyProxy
 
     Pipeline(endpoint, "flaky-store").create()
@@ -118,7 +118,7 @@ def test_a_bare_429_is_retried_with_backoff_where_botocores_standard_mode_would_
     from botocore.config import Config
     from botocore.exceptions import ClientError
 
-    from ckpt.storage import make_client
+    from ckpt.adapters.storage import make_client
     from tests.e2e.local_stack import FlakyProxy
 
     Pipeline(endpoint, "too-many-requests").create()

@@ -13,11 +13,11 @@ import os
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
-from ckpt.keys import Layout
-from ckpt.profiles import PROFILES, R2
-from ckpt.staging import Checkpoint
-from ckpt.storage import MiB, make_client
-from ckpt.upload import UploadPolicy
+from ckpt.adapters.profiles import PROFILES, R2
+from ckpt.adapters.storage import MiB, make_client
+from ckpt.contract.keys import Layout
+from ckpt.trainer.staging import Checkpoint
+from ckpt.trainer.upload import UploadPolicy
 from tests.e2e.local_stack import function_stack
 from tests.r2_proxy import R2Proxy
 from tests.support import Trainer, add_epochs, attempt, paths, records

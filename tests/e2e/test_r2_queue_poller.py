@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from aws_lambda_powertools.utilities import parameters
 
-from ckpt.db.engine import make_engine
-from ckpt.db.store import PromotionStore
-from ckpt.keys import Layout
+from ckpt.adapters.db.engine import make_engine
+from ckpt.adapters.db.store import PromotionStore
+from ckpt.contract.keys import Layout
 from tests.cloudflare_queues_server import (
     LocalQueue,
     ManualClock,

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import torch
 
-from ckpt.db import migrate
-from ckpt.db.engine import make_engine
-from ckpt.db.schema import platform_metadata
-from ckpt.manifest import parse_manifest
+from ckpt.adapters.db import migrate
+from ckpt.adapters.db.engine import make_engine
+from ckpt.adapters.db.schema import platform_metadata
+from ckpt.contract.manifest import parse_manifest
 from tests.e2e.local_stack import Pipeline
 from tests.support import add_epochs, paths
 

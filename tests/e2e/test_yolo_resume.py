@@ -14,10 +14,10 @@ import uuid
 from pathlib import Path
 
 from checkpoint_api import app as api
-from ckpt.db.engine import make_engine
-from ckpt.keys import JobRef, Layout
-from ckpt.manifest import parse_manifest
-from ckpt.promoted import read_promoted
+from ckpt.adapters.db.engine import make_engine
+from ckpt.contract.keys import JobRef, Layout
+from ckpt.contract.manifest import parse_manifest
+from ckpt.promotion.promoted import read_promoted
 from tests.e2e.local_stack import Pipeline
 from tests.e2e.test_real_trainers import run_trainer
 from tests.support import LambdaContext, add_epochs, reset_database

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from ckpt.keys import AttemptRef, JobRef
-from ckpt.staging import Checkpoint
+from ckpt.contract.keys import AttemptRef, JobRef
+from ckpt.trainer.staging import Checkpoint
 from tests.bench.counting import CostProbe, Tally, s3_notification_body, sqs_event
 from tests.support import BUCKET, LambdaContext, add_epochs, attempt, records
 

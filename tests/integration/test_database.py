@@ -9,13 +9,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import event, inspect, text
 
-from ckpt.db import migrate
-from ckpt.db.engine import make_engine
-from ckpt.db.schema import VERSION_TABLE, service_metadata
-from ckpt.db.store import PromotionStore
+from ckpt.adapters.db import migrate
+from ckpt.adapters.db.engine import make_engine
+from ckpt.adapters.db.schema import VERSION_TABLE, service_metadata
+from ckpt.adapters.db.store import PromotionStore
+from ckpt.contract.keys import JobRef
+from ckpt.contract.rules import best_epoch, last_epoch
 from ckpt.errors import DatabaseUnavailable
-from ckpt.keys import JobRef
-from ckpt.rules import best_epoch, last_epoch
 from tests.support import add_epochs
 
 JOB = JobRef(job_id=42, project_id=7)
@@ -116,8 +116,8 @@ def test_missing_tables_are_named(database_url):
 
 
 def test_values_the_database_refuses_are_permanent_not_retried(pg_engine):
+    from ckpt.contract.outcome import Outcome, Status
     from ckpt.errors import Rejected
-    from ckpt.outcome import Outcome, Status
 
     add_epochs(pg_engine, 42, {1: 0.5})
     outcome = Outcome(status=Status.PROMOTED, reason="", bucket="b", manifest_key="k", trigger="test")
@@ -126,7 +126,7 @@ def test_values_the_database_refuses_are_permanent_not_retried(pg_engine):
 
 
 def test_a_connection_the_server_closed_while_idle_is_replaced_before_use(pg_url, pg_engine, monkeypatch):
-    monkeypatch.setattr("ckpt.db.engine.PING_AFTER_IDLE_SECONDS", 0.0)
+    monkeypatch.setattr("ckpt.adapters.db.engine.PING_AFTER_IDLE_SECONDS", 0.0)
     engine = make_engine(pg_url)
     store = PromotionStore(engine)
     with engine.connect() as connection:

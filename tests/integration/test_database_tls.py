@@ -17,9 +17,9 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
 
+from ckpt.adapters.db.engine import make_engine
+from ckpt.adapters.db.store import PromotionStore
 from ckpt.config import database_url_from_secret
-from ckpt.db.engine import make_engine
-from ckpt.db.store import PromotionStore
 from ckpt.errors import ConfigurationError
 from tests.conftest import PG_ADMIN_URL
 from tests.support import self_signed_ca_pem

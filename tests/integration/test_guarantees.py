@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
+from ckpt.contract.outcome import Status
 from ckpt.errors import DatabaseUnavailable, ObjectChanged, StorageUnavailable
-from ckpt.outcome import Status
-from ckpt.promotion import Promoter
-from ckpt.staging import Checkpoint
+from ckpt.promotion.promoter import Promoter
+from ckpt.trainer.staging import Checkpoint
 from tests.support import JOB, add_epochs, attempt, canonical_bytes, paths, records, weights
 
 URI_BEST = "r2://vision-platform-prod/checkpoints/projects/7/jobs/42/best.pt"
@@ -298,7 +298,7 @@ def test_a_manifest_whose_ids_differ_from_its_key_is_rejected(engine, promoter, 
 
 
 def test_a_job_cannot_be_moved_to_another_project(engine, promoter, trainer, s3, layout):
-    from ckpt.keys import JobRef
+    from ckpt.contract.keys import JobRef
 
     add_epochs(engine, 42, {18: 0.5, 20: 0.4})
     trainer.finish(attempt(1))

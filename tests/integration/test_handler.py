@@ -155,7 +155,7 @@ def test_a_rejection_the_database_refuses_to_record_still_answers_the_event(hand
 
 
 def test_transient_errors_fail_only_their_record_and_the_retry_succeeds(handler, staged, engine, trainer, monkeypatch):
-    from ckpt.keys import JobRef
+    from ckpt.contract.keys import JobRef
 
     other = JobRef(job_id=43, project_id=7)
     add_epochs(engine, 43, {18: 0.5, 20: 0.4})

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from ckpt.keys import JobRef
-from ckpt.manifest import Metric
-from ckpt.outcome import Status
-from ckpt.staging import Checkpoint
-from ckpt.storage import MiB
-from ckpt.upload import UploadPolicy
+from ckpt.adapters.storage import MiB
+from ckpt.contract.keys import JobRef
+from ckpt.contract.manifest import Metric
+from ckpt.contract.outcome import Status
+from ckpt.trainer.staging import Checkpoint
+from ckpt.trainer.upload import UploadPolicy
 from tests.support import JOB, add_epochs, attempt, canonical_bytes, paths, records, weights
 
 URI_BEST = "r2://vision-platform-prod/checkpoints/projects/7/jobs/42/best.pt"

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from ckpt.checksums import crc32_b64, crc64nvme_of
-from ckpt.storage import make_client
+from ckpt.adapters.storage import make_client
+from ckpt.trainer.checksums import crc32_b64, crc64nvme_of
 from tests.e2e.local_stack import CREDENTIALS, REGION, moto_server
 from tests.r2_proxy import MiB, R2Proxy
 

@@ -1,5 +1,5 @@
 """``ckpt fetch`` and resuming a run from the promoted last.pt, against moto's S3 and a real database: both read
-the database's record of what is promoted (``ckpt.promoted``) and check the bytes against it."""
+the database's record of what is promoted (``ckpt.promotion.promoted``) and check the bytes against it."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ import torch
 
 from ckpt.cli import main
 from ckpt.config import Settings
+from ckpt.contract.keys import JobRef
+from ckpt.contract.manifest import Metric, parse_manifest
 from ckpt.errors import DatabaseUnavailable, Rejected
-from ckpt.fetch import fetch_checkpoint
-from ckpt.integrations.ultralytics import staged_training
-from ckpt.keys import JobRef
-from ckpt.manifest import Metric, parse_manifest
-from ckpt.promoted import JobInAnotherProject, UnknownJob
-from ckpt.staging import Checkpoint
-from ckpt.training import TrainingRun
+from ckpt.promotion.promoted import JobInAnotherProject, UnknownJob
+from ckpt.trainer.fetch import fetch_checkpoint
+from ckpt.trainer.staging import Checkpoint
+from ckpt.trainer.training import TrainingRun
+from ckpt.trainer.ultralytics import staged_training
 from tests.support import BUCKET, add_epochs, attempt, weights
 
 SETTINGS = Settings(bucket=BUCKET)
@@ -143,7 +143,7 @@ def test_a_resumed_run_starts_from_the_promoted_last_and_stages_a_new_attempt(
     add_epochs(engine, 42, {18: 0.6, 19: 0.55, 20: 0.5})
     promote(promoter, layout, trainer, 1)
     folder = tmp_path / "weights"
-    caplog.set_level(logging.INFO, logger="ckpt.training")
+    caplog.set_level(logging.INFO, logger="ckpt.trainer.training")
 
     with resumed_run(s3, engine, folder) as run:
         assert run.resumed is not None
@@ -240,7 +240,7 @@ def test_a_job_id_of_another_project_never_trains_from_scratch(engine, promoter,
 
 
 def test_an_unreachable_database_stops_a_resumed_run_before_it_trains(s3, tmp_path):
-    from ckpt.db.engine import make_engine
+    from ckpt.adapters.db.engine import make_engine
 
     unreachable = make_engine("postgresql+pg8000://postgres@127.0.0.1:1/postgres?connect_timeout=2")
     run = resumed_run(s3, unreachable, None)

@@ -9,8 +9,8 @@ import os
 import pytest
 from botocore.stub import Stubber
 
+from ckpt.adapters.storage import MiB, S3Storage, make_client
 from ckpt.errors import ObjectChanged, ObjectMissing, StorageUnavailable
-from ckpt.storage import MiB, S3Storage, make_client
 from tests.support import BUCKET
 
 
@@ -24,7 +24,7 @@ def test_head_reports_the_store_sha256_only_for_single_part_uploads(s3, storage)
 
 
 def test_stream_hash_reads_the_whole_object_in_chunks(s3, storage, monkeypatch):
-    monkeypatch.setattr("ckpt.storage.HASH_CHUNK_BYTES", 1000)
+    monkeypatch.setattr("ckpt.adapters.storage.HASH_CHUNK_BYTES", 1000)
     data = os.urandom(10_500)
     s3.put_object(Bucket=BUCKET, Key="k", Body=data)
 
@@ -149,7 +149,7 @@ def test_a_copy_of_a_multipart_object_reports_the_checksum_the_store_computed_fo
 
 
 def test_a_checksum_the_copy_carried_over_from_its_source_is_not_reported(s3):
-    from ckpt.profiles import R2
+    from ckpt.adapters.profiles import R2
 
     storage = S3Storage(s3, BUCKET, profile=R2)
     data = os.urandom(11 * MiB)
@@ -172,7 +172,7 @@ def test_the_etag_of_an_object_encrypted_with_a_kms_key_is_not_taken_for_its_md5
 
 
 def test_on_r2_a_source_replaced_during_a_multipart_copy_fails_the_copy(s3, monkeypatch):
-    from ckpt.profiles import R2
+    from ckpt.adapters.profiles import R2
 
     storage = S3Storage(s3, BUCKET, profile=R2, multipart_copy_threshold=5 * MiB, multipart_chunksize=5 * MiB)
     s3.put_object(Bucket=BUCKET, Key="src", Body=os.urandom(12 * MiB))

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from ckpt.adapters.storage import make_client
 from ckpt.config import Settings
-from ckpt.keys import JobRef
-from ckpt.manifest import Metric, parse_manifest
-from ckpt.storage import make_client
-from ckpt.training import TrainingRun
+from ckpt.contract.keys import JobRef
+from ckpt.contract.manifest import Metric, parse_manifest
+from ckpt.trainer.training import TrainingRun
 from tests.support import BUCKET, attempt, weights
 
 SETTINGS = Settings(bucket=BUCKET)
@@ -189,10 +189,10 @@ def test_a_store_down_when_training_starts_does_not_stop_training(aws_credential
 
 
 def test_a_store_back_by_the_end_of_training_gets_the_checkpoints(s3, tmp_path, monkeypatch):
-    import ckpt.training
+    import ckpt.trainer.training
     from ckpt.errors import StorageUnavailable
 
-    real = ckpt.training.resolve_attempt
+    real = ckpt.trainer.training.resolve_attempt
     calls = iter([StorageUnavailable("down at start"), None])
 
     def flaky(*args, **kwargs):
@@ -201,7 +201,7 @@ def test_a_store_back_by_the_end_of_training_gets_the_checkpoints(s3, tmp_path, 
             raise failure
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ckpt.training, "resolve_attempt", flaky)
+    monkeypatch.setattr(ckpt.trainer.training, "resolve_attempt", flaky)
     with run_for(s3, tmp_path) as run:
         train(run, tmp_path, [0.1])
 

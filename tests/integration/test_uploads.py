@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from ckpt.adapters.storage import MiB, make_client
 from ckpt.errors import StorageUnavailable
-from ckpt.storage import MiB, make_client
-from ckpt.upload import Uploader, UploadPolicy
+from ckpt.trainer.upload import Uploader, UploadPolicy
 from tests.support import BUCKET
 
 SMALL_PARTS = UploadPolicy(multipart_threshold=5 * MiB, part_size=5 * MiB, concurrency=2)
@@ -73,7 +73,7 @@ def test_a_large_file_goes_up_in_equal_parts_with_a_full_object_crc64nvme(s3, tm
 def test_without_awscrt_parts_carry_a_crc32_and_no_sha256(s3, monkeypatch):
     import zlib
 
-    monkeypatch.setattr("ckpt.checksums._crc64nvme", lambda: None)
+    monkeypatch.setattr("ckpt.trainer.checksums._crc64nvme", lambda: None)
     data = os.urandom(12 * MiB)
     sent = _sent_checksums(s3, "x-amz-checksum-crc32")
     sent_sha256 = _sent_checksums(s3)

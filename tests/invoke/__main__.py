@@ -22,7 +22,7 @@ POLLER = "R2QueuePollerFunction"
 POLLER_NOT_LOCAL = f"""\
 {POLLER} (events/r2-queue-poll.json) cannot run under sam local invoke on this machine yet:
 - the local Cloudflare Queue would be reached at http://{{host}}:PORT, and the poller sends its API token only
-  over https:// or to a loopback host (ckpt/cloudflare_queues.py check_base_url), rightly: a relaxation for
+  over https:// or to a loopback host (ckpt/adapters/cloudflare_queues.py check_base_url), rightly: a relaxation for
   sam local needs an explicit, documented switch in that check, not a quiet exception;
 - its token secret is read from Secrets Manager, and template.yaml declares no endpoint variable that
   --env-vars could point at the local one.

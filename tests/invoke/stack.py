@@ -13,7 +13,7 @@ the container's connections to the service on the host's loopback:
 
 ``prepare(event)`` then plays the trainer and the platform for the attempts the event names (the manifest keys of
 a notification, or the job of a reprocess request): the trainer's own code (``tests.support.Trainer``, i.e.
-``ckpt.staging.stage_attempt``) stages ``best.pt`` (epoch 18), ``last.pt`` (epoch 20) and the manifest of a job
+``ckpt.trainer.staging.stage_attempt``) stages ``best.pt`` (epoch 18), ``last.pt`` (epoch 20) and the manifest of a job
 interrupted at epoch 20, and the platform's ``validation_results`` rows for epochs 1 to 20 are written.
 """
 
@@ -34,12 +34,12 @@ from urllib.parse import urlsplit
 from sqlalchemy import Engine, insert, text
 from sqlalchemy.engine import make_url
 
+from ckpt.adapters.db.engine import make_engine
+from ckpt.adapters.db.schema import validation_results
+from ckpt.adapters.db.store import PromotionStore
+from ckpt.adapters.storage import make_client
 from ckpt.config import Settings
-from ckpt.db.engine import make_engine
-from ckpt.db.schema import validation_results
-from ckpt.db.store import PromotionStore
-from ckpt.keys import AttemptRef, CheckpointName, JobRef, Layout, LayoutError
-from ckpt.storage import make_client
+from ckpt.contract.keys import AttemptRef, CheckpointName, JobRef, Layout, LayoutError
 from tests.e2e.demo import validation_curve
 from tests.e2e.local_stack import CREDENTIALS, REGION, moto_server
 from tests.invoke.forward import Forwarder
@@ -165,8 +165,8 @@ class LocalStack:
     def promote(self, ref: AttemptRef) -> str:
         """Promote a staged attempt from this process (for the functions that read promotions, such as the
         checkpoint API); recorded with the trigger ``local-setup``. Returns the outcome."""
-        from ckpt.promotion import Promoter
-        from ckpt.storage import S3Storage
+        from ckpt.adapters.storage import S3Storage
+        from ckpt.promotion.promoter import Promoter
 
         promoter = Promoter(self.layout, S3Storage(self.s3, self.layout.bucket), PromotionStore(self.engine))
         outcome = promoter.promote_key(self.layout.bucket, self.layout.manifest_key(ref), trigger="local-setup")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from ckpt.keys import AttemptRef
+from ckpt.contract.keys import AttemptRef
 from tests.invoke import image, sam
 from tests.invoke.stack import EXAMPLE_JOB, PROMOTION_FUNCTION, REPO_ROOT, LocalStack
 from tests.support import Trainer

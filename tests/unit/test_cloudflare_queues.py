@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ckpt.cloudflare_queues import (
+from ckpt.adapters.cloudflare_queues import (
     Backoff,
     CloudflareQueue,
     QueueRequestRefused,

@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from ckpt.config import Settings, database_url_from_secret
+from ckpt.contract.keys import Layout
 from ckpt.errors import ConfigurationError
-from ckpt.keys import Layout
 
 VARIABLES = {
     "CHECKPOINT_BUCKET": "bucket",

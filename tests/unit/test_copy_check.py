@@ -7,10 +7,10 @@ import hashlib
 
 import pytest
 
-from ckpt.manifest import CheckpointEntry
-from ckpt.ports import CopiedObject, ObjectInfo
-from ckpt.promotion import VerifiedFile, check_copy
-from ckpt.storage import _content_md5, _copy_sha256
+from ckpt.adapters.storage import _content_md5, _copy_sha256
+from ckpt.contract.manifest import CheckpointEntry
+from ckpt.promotion.ports import CopiedObject, ObjectInfo
+from ckpt.promotion.promoter import VerifiedFile, check_copy
 
 DATA = b"checkpoint bytes"
 SHA256 = hashlib.sha256(DATA).hexdigest()

@@ -16,8 +16,7 @@ import pytest
 from pg8000.exceptions import DatabaseError, InterfaceError
 from sqlalchemy.engine import URL
 
-from ckpt.config import Settings, database_url_from_secret
-from ckpt.db.engine import (
+from ckpt.adapters.db.engine import (
     SHOWN_PARAMETERS,
     SUPPORTED_PARAMETERS,
     TlsPolicy,
@@ -28,6 +27,7 @@ from ckpt.db.engine import (
     ssl_context_for,
     tls_policy,
 )
+from ckpt.config import Settings, database_url_from_secret
 from ckpt.errors import ConfigurationError
 from ckpt.service import database_url, engine_from_settings
 from tests.support import self_signed_ca_pem
@@ -704,7 +704,11 @@ def test_sqlite_in_memory_and_relative_paths_still_work(
 
 def test_an_existing_or_empty_sqlite_file_is_accepted(tmp_path: Path) -> None:
     (tmp_path / "empty.db").touch()  # SQLite reads an empty file as an empty database
-    for name in ("empty.db", "ckpt.db", "ckpt.db"):  # the second ckpt.db is the file the first one created
+    for name in (
+        "empty.db",
+        "ckpt.db",
+        "ckpt.db",
+    ):  # the second ckpt.db is the file the first one created
         engine = make_engine(f"sqlite:///{tmp_path / name}")
         with engine.begin() as connection:
             connection.exec_driver_sql("CREATE TABLE IF NOT EXISTS t (x INTEGER)")

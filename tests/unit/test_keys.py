@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from ckpt.keys import AttemptRef, JobRef, Layout, NotAManifest, OutsideStaging
+from ckpt.contract.keys import AttemptRef, JobRef, Layout, NotAManifest, OutsideStaging
 
 LAYOUT = Layout(bucket="vision-platform-prod")
 PROJECT_JOB = JobRef(job_id=42, project_id=7)

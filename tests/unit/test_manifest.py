@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from ckpt.keys import AttemptRef, JobRef
-from ckpt.manifest import MAX_MANIFEST_BYTES, ManifestError, check_matches_key, parse_manifest
+from ckpt.contract.keys import AttemptRef, JobRef
+from ckpt.contract.manifest import MAX_MANIFEST_BYTES, ManifestError, check_matches_key, parse_manifest
 
 SHA_BEST = hashlib.sha256(b"best.pt weights").hexdigest()
 SHA_LAST = hashlib.sha256(b"last.pt weights").hexdigest()

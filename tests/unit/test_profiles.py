@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from ckpt.adapters.profiles import R2, S3, profile_for
 from ckpt.config import Settings
 from ckpt.errors import ConfigurationError
-from ckpt.profiles import R2, S3, profile_for
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from ckpt.keys import JobRef, Layout
-from ckpt.promoted import (
+from ckpt.contract.keys import JobRef, Layout
+from ckpt.promotion.promoted import (
     CheckpointNotPromoted,
     JobInAnotherProject,
     NothingPromoted,
@@ -18,7 +18,7 @@ from ckpt.promoted import (
     check_project,
     promoted_from_record,
 )
-from ckpt.training import resume_reports
+from ckpt.trainer.training import resume_reports
 
 LAYOUT = Layout(bucket="vision-platform-prod")
 JOB = JobRef(job_id=42, project_id=7)

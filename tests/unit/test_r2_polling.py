@@ -8,11 +8,18 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ckpt.cloudflare_queues import AckResult, PulledMessage, QueueRequestRefused, QueueUnavailable, Retry, Undecodable
+from ckpt.adapters.cloudflare_queues import (
+    AckResult,
+    PulledMessage,
+    QueueRequestRefused,
+    QueueUnavailable,
+    Retry,
+    Undecodable,
+)
+from ckpt.contract.keys import Layout
+from ckpt.contract.outcome import Outcome, Status
 from ckpt.errors import ConfigurationError, DatabaseUnavailable
-from ckpt.keys import Layout
-from ckpt.outcome import Outcome, Status
-from ckpt.r2_polling import (
+from ckpt.promotion.r2_polling import (
     Disposition,
     DrainPolicy,
     PollerSettings,

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from ckpt.keys import AttemptRef, JobRef
-from ckpt.manifest import Manifest
-from ckpt.rules import (
+from ckpt.contract.keys import AttemptRef, JobRef
+from ckpt.contract.manifest import Manifest
+from ckpt.contract.rules import (
     ConflictingJob,
     Decision,
     EpochMetric,

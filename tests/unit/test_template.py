@@ -197,7 +197,7 @@ def test_the_transformed_event_source_mapping_carries_the_cap(monkeypatch):
 
 
 def test_the_concurrency_arithmetic_matches_the_engine_pool():
-    engine = (ROOT / "layers/ckpt/ckpt/db/engine.py").read_text()
+    engine = (ROOT / "layers/ckpt/ckpt/adapters/db/engine.py").read_text()
     assert "pool_size=1," in engine
     assert "max_overflow=2," in engine
 
@@ -348,7 +348,7 @@ def test_the_r2_poller_is_given_its_settings_by_name_and_the_token_only_as_a_sec
         "CLOUDFLARE_VISIBILITY_TIMEOUT_SECONDS": {"Ref": "CloudflareVisibilityTimeout"},
         "CLOUDFLARE_API_BASE_URL": "",  # empty: Cloudflare's API; declared for sam local --env-vars
     }
-    settings_source = (ROOT / "layers/ckpt/ckpt/r2_polling.py").read_text()
+    settings_source = (ROOT / "layers/ckpt/ckpt/promotion/r2_polling.py").read_text()
     for name in variables:
         if name.startswith("CLOUDFLARE_"):
             assert f'"{name}"' in settings_source, f"PollerSettings does not read {name}"

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from ckpt.tracking import EpochTracker
-from ckpt.training import Terminated, ending
+from ckpt.trainer.tracking import EpochTracker
+from ckpt.trainer.training import Terminated, ending
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aws_lambda_powertools.utilities.parser.models import S3Model, SqsModel
 
-from ckpt.keys import AttemptRef, JobRef, Layout
+from ckpt.contract.keys import AttemptRef, JobRef, Layout
 from promote_checkpoints import triggers
 from promote_checkpoints.triggers import ObjectCreated, Reprocess, UnrecognisedEvent
 

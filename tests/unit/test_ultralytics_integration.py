@@ -7,7 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from ckpt.config import Settings
-from ckpt.integrations.ultralytics import staged_training
+from ckpt.trainer.ultralytics import staged_training
 
 
 class FakeModel:

@@ -26,19 +26,19 @@ from typing import get_args
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from ckpt.adapters.db import migrate
+from ckpt.adapters.db.store import PromotionStore
 from ckpt.config import Settings
-from ckpt.db import migrate
-from ckpt.db.store import PromotionStore
+from ckpt.contract.keys import MAX_ID, AttemptRef, JobRef, parse_id
+from ckpt.contract.manifest import Metric, TrainerStatus
+from ckpt.contract.outcome import Status
 from ckpt.errors import ConfigurationError, Rejected, TransientError
-from ckpt.fetch import fetch_checkpoint
-from ckpt.keys import MAX_ID, AttemptRef, JobRef, parse_id
-from ckpt.manifest import Metric, TrainerStatus
-from ckpt.outcome import Status
-from ckpt.promoted import NotPromoted
+from ckpt.promotion.promoted import NotPromoted
 from ckpt.service import build_promoter, engine_from_settings, s3_client
-from ckpt.staging import resolve_attempt
-from ckpt.training import stage_weights
-from ckpt.upload import UploadPolicy
+from ckpt.trainer.fetch import fetch_checkpoint
+from ckpt.trainer.staging import resolve_attempt
+from ckpt.trainer.training import stage_weights
+from ckpt.trainer.upload import UploadPolicy
 
 
 def _read_secret(arn: str) -> str:

@@ -10,10 +10,10 @@ from typing import Any
 
 from sqlalchemy.engine import URL
 
-from ckpt.db.engine import check_database_url, parse_database_url, shown
+from ckpt.adapters.db.engine import check_database_url, parse_database_url, shown
+from ckpt.adapters.profiles import StorageProfile, profile_for
+from ckpt.contract.keys import Layout
 from ckpt.errors import ConfigurationError
-from ckpt.keys import Layout
-from ckpt.profiles import StorageProfile, profile_for
 
 DEFAULT_BUCKET = "vision-platform-prod"
 

@@ -7,12 +7,12 @@ from collections.abc import Callable
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
+from ckpt.adapters.db.engine import make_engine, parse_database_url
+from ckpt.adapters.db.store import PromotionStore
+from ckpt.adapters.storage import S3Storage, make_client
 from ckpt.config import Settings, database_url_from_secret, storage_credentials_from_secret
-from ckpt.db.engine import make_engine, parse_database_url
-from ckpt.db.store import PromotionStore
 from ckpt.errors import ConfigurationError
-from ckpt.promotion import Promoter
-from ckpt.storage import S3Storage, make_client
+from ckpt.promotion.promoter import Promoter
 
 SecretReader = Callable[[str], str]
 

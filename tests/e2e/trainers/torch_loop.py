@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ckpt.manifest import Metric
-from ckpt.tracking import EpochTracker
-from ckpt.training import TrainingRun
+from ckpt.contract.manifest import Metric
+from ckpt.trainer.tracking import EpochTracker
+from ckpt.trainer.training import TrainingRun
 
 
 def main() -> int:

@@ -50,7 +50,7 @@ def main() -> int:
 
     from ultralytics import YOLO
 
-    from ckpt.integrations.ultralytics import staged_training
+    from ckpt.trainer.ultralytics import staged_training
 
     data = make_dataset(args.workdir / "dataset")
     model = YOLO("yolo11n.yaml")

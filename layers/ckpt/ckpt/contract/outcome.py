@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ckpt.keys import AttemptRef, CheckpointName
+from ckpt.contract.keys import AttemptRef, CheckpointName
 from ckpt.text import bounded, escaped
 
 LOGGED_TEXT_LIMIT = 4096

@@ -1,7 +1,7 @@
 """The ports of the promotion: what it needs from the object store and the database, as interfaces.
 
-``ckpt.storage.S3Storage`` and ``ckpt.db.store.PromotionStore`` are the adapters that implement them; tests
-wrap them to inject failures. Nothing here imports boto3 or SQLAlchemy.
+``ckpt.adapters.storage.S3Storage`` and ``ckpt.adapters.db.store.PromotionStore`` are the adapters that implement
+them; tests wrap them to inject failures. Nothing here imports boto3 or SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from ckpt.keys import JobRef
-from ckpt.outcome import Outcome
-from ckpt.rules import JobSnapshot, JobState
+from ckpt.contract.keys import JobRef
+from ckpt.contract.outcome import Outcome
+from ckpt.contract.rules import JobSnapshot, JobState
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class StreamedDigests:
 
 
 class Storage(Protocol):
-    """What the promotion needs from the object store (``ckpt.storage.S3Storage``)."""
+    """What the promotion needs from the object store (``ckpt.adapters.storage.S3Storage``)."""
 
     def head(self, key: str) -> ObjectInfo: ...
     def read(self, key: str, max_bytes: int) -> tuple[bytes, str]: ...
@@ -64,14 +64,14 @@ class Storage(Protocol):
 
 
 class JobTransaction(Protocol):
-    """The database side of one promotion, inside the job's lock (``ckpt.db.store.JobTransaction``)."""
+    """The database side of one promotion, inside the job's lock (``ckpt.adapters.db.store.JobTransaction``)."""
 
     def snapshot(self) -> JobSnapshot: ...
     def write(self, outcome: Outcome, paths: Mapping[int, str] | None = None, state: JobState | None = None) -> int: ...
 
 
 class Store(Protocol):
-    """What the promotion needs from the database (``ckpt.db.store.PromotionStore``)."""
+    """What the promotion needs from the database (``ckpt.adapters.db.store.PromotionStore``)."""
 
     def job(self, job: JobRef) -> AbstractContextManager[JobTransaction]: ...
     def snapshot(self, job: JobRef) -> JobSnapshot: ...

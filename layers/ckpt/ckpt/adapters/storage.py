@@ -21,9 +21,9 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from ckpt.adapters.profiles import S3, StorageProfile
 from ckpt.errors import ConfigurationError, ObjectChanged, ObjectMissing, StorageUnavailable
-from ckpt.ports import CopiedObject, ObjectInfo, StreamedDigests
-from ckpt.profiles import S3, StorageProfile
+from ckpt.promotion.ports import CopiedObject, ObjectInfo, StreamedDigests
 from ckpt.text import shown
 
 MiB = 1024 * 1024

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from ckpt.cloudflare_queues import (
+from ckpt.adapters.cloudflare_queues import (
     DEFAULT_API_BASE_URL,
     MAX_BATCH_SIZE,
     MAX_DELAY_SECONDS,
@@ -51,9 +51,9 @@ from ckpt.cloudflare_queues import (
     Undecodable,
     check_base_url,
 )
+from ckpt.contract.keys import Layout
+from ckpt.contract.outcome import Outcome
 from ckpt.errors import ConfigurationError, TransientError
-from ckpt.keys import Layout
-from ckpt.outcome import Outcome
 from ckpt.text import shown
 
 log = logging.getLogger(__name__)

@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ckpt.keys import MAX_ID, AttemptRef, CheckpointName, JobRef, Layout, parse_id
-from ckpt.manifest import CheckpointEntry, Checkpoints, Manifest, Metric, Status
-from ckpt.storage import S3Storage, translated_errors
+from ckpt.adapters.storage import S3Storage, translated_errors
+from ckpt.contract.keys import MAX_ID, AttemptRef, CheckpointName, JobRef, Layout, parse_id
+from ckpt.contract.manifest import CheckpointEntry, Checkpoints, Manifest, Metric, Status
 from ckpt.text import bounded, escaped
-from ckpt.upload import Uploaded, Uploader, UploadPolicy
+from ckpt.trainer.upload import Uploaded, Uploader, UploadPolicy
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,11 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from ckpt.db.schema import job_state, promotions, validation_results
+from ckpt.adapters.db.schema import job_state, promotions, validation_results
+from ckpt.adapters.storage import translated_errors
+from ckpt.contract.keys import CHECKPOINT_NAMES, CheckpointName, JobRef, Layout
+from ckpt.contract.outcome import Status
 from ckpt.errors import DatabaseUnavailable, ObjectMissing, TransientError
-from ckpt.keys import CHECKPOINT_NAMES, CheckpointName, JobRef, Layout
-from ckpt.outcome import Status
-from ckpt.storage import translated_errors
 
 # --- the answer ----------------------------------------------------------------------------------------------
 

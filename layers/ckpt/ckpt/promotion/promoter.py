@@ -1,6 +1,6 @@
 """The promotion: from a manifest key to canonical checkpoints and their database record.
 
-This is the imperative shell around ``ckpt.rules``: it reads and verifies through the storage adapter,
+This is the imperative shell around ``ckpt.contract.rules``: it reads and verifies through the storage adapter,
 asks the rules what to do, copies, and commits one database transaction. It never sees an event.
 
 Order of work, and why:
@@ -22,9 +22,8 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from ckpt.errors import ObjectChanged, ObjectMissing, Rejected
-from ckpt.keys import AttemptRef, CheckpointName, JobRef, Layout, NotAManifest, OutsideStaging
-from ckpt.manifest import (
+from ckpt.contract.keys import AttemptRef, CheckpointName, JobRef, Layout, NotAManifest, OutsideStaging
+from ckpt.contract.manifest import (
     MAX_MANIFEST_BYTES,
     CheckpointEntry,
     Manifest,
@@ -32,9 +31,8 @@ from ckpt.manifest import (
     check_matches_key,
     parse_manifest,
 )
-from ckpt.outcome import ChecksumSource, CopyEvidence, FileReport, Outcome, Status
-from ckpt.ports import CopiedObject, JobTransaction, ObjectInfo, Storage, Store
-from ckpt.rules import (
+from ckpt.contract.outcome import ChecksumSource, CopyEvidence, FileReport, Outcome, Status
+from ckpt.contract.rules import (
     ConflictingJob,
     Decision,
     JobSnapshot,
@@ -46,6 +44,8 @@ from ckpt.rules import (
     rows_hold,
     target_epochs,
 )
+from ckpt.errors import ObjectChanged, ObjectMissing, Rejected
+from ckpt.promotion.ports import CopiedObject, JobTransaction, ObjectInfo, Storage, Store
 from ckpt.text import shown
 
 log = logging.getLogger(__name__)

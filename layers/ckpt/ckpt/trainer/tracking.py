@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ckpt.keys import check_id
-from ckpt.manifest import MetricMode
-from ckpt.rules import EpochMetric, best_epoch
+from ckpt.contract.keys import check_id
+from ckpt.contract.manifest import MetricMode
+from ckpt.contract.rules import EpochMetric, best_epoch
 
 
 def check_epoch(epoch: int) -> None:
@@ -20,7 +20,7 @@ def check_epoch(epoch: int) -> None:
 @dataclass
 class EpochTracker:
     """Fed one report per epoch. Unless the trainer says which epoch is best (Ultralytics does), the best
-    epoch is the promotion's own rule (``ckpt.rules.best_epoch``) over the reports: NaN and missing
+    epoch is the promotion's own rule (``ckpt.contract.rules.best_epoch``) over the reports: NaN and missing
     metrics never win, and a tie goes to the later epoch."""
 
     mode: MetricMode = "max"

@@ -1,8 +1,8 @@
 """``ckpt fetch``: download a job's promoted checkpoint, verified, e.g. to resume training from last.pt.
 
 What is promoted, and the SHA-256 the bytes must have, come from the database's record
-(``ckpt.promoted.read_promoted``, the same answer the checkpoint API and a resumed training get), never from the
-object alone: a canonical key can hold bytes the record does not name yet while a promotion is copying over it.
+(``ckpt.promotion.promoted.read_promoted``, the same answer the checkpoint API and a resumed training get), never
+from the object alone: a canonical key can hold bytes the record does not name yet while a promotion is copying over it.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from ckpt.adapters.storage import HASH_CHUNK_BYTES, translated_errors
+from ckpt.contract.keys import CheckpointName, JobRef, Layout
 from ckpt.errors import ObjectMissing, Rejected
-from ckpt.keys import CheckpointName, JobRef, Layout
-from ckpt.promoted import PromotedCheckpoint, PromotedJob, read_promoted
-from ckpt.storage import HASH_CHUNK_BYTES, translated_errors
+from ckpt.promotion.promoted import PromotedCheckpoint, PromotedJob, read_promoted
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,8 @@ def fetch_checkpoint(
 
     The bytes are hashed as they are written and must match the size and SHA-256 the database records for the
     promotion; only then does the file appear at ``dest``, so a failed or tampered download never leaves a partial
-    checkpoint behind. Raises ``ckpt.promoted.NotPromoted`` when the record has no such checkpoint, ``Rejected``
-    when the store keeps serving other bytes than the recorded ones."""
+    checkpoint behind. Raises ``ckpt.promotion.promoted.NotPromoted`` when the record has no such checkpoint,
+    ``Rejected`` when the store keeps serving other bytes than the recorded ones."""
     target = _target(dest, name)
     for delay in (*retry_delays, None):
         promoted = read_promoted(engine, layout, job)

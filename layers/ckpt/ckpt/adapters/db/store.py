@@ -40,11 +40,11 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
-from ckpt.db.schema import job_state, promotions, validation_results
+from ckpt.adapters.db.schema import job_state, promotions, validation_results
+from ckpt.contract.keys import JobRef
+from ckpt.contract.outcome import Outcome
+from ckpt.contract.rules import EpochMetric, JobSnapshot, JobState
 from ckpt.errors import DatabaseUnavailable, Rejected
-from ckpt.keys import JobRef
-from ckpt.outcome import Outcome
-from ckpt.rules import EpochMetric, JobSnapshot, JobState
 from ckpt.text import bounded, escaped
 
 

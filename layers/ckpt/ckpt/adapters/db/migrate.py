@@ -14,7 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
-from ckpt.db.schema import VERSION_TABLE
+from ckpt.adapters.db.schema import VERSION_TABLE
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 

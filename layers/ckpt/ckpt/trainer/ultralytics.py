@@ -1,14 +1,14 @@
 """Ultralytics YOLO: stage best.pt and last.pt however ``model.train()`` ends.
 
     from ultralytics import YOLO
-    from ckpt.integrations.ultralytics import staged_training
+    from ckpt.trainer.ultralytics import staged_training
 
     model = YOLO("yolo11n.yaml")
     with staged_training(model, project_id=7, job_id=42):
         model.train(data="data.yaml", epochs=100)
 
 Ultralytics runs no ``on_train_end`` callback when training raises, so the staging happens in the ``with``
-block's exit (see ``ckpt.training.TrainingRun``). When training starts, a callback notes the weights folder
+block's exit (see ``ckpt.trainer.training.TrainingRun``). When training starts, a callback notes the weights folder
 and wraps the trainer's ``save_model`` so that writing best.pt/last.pt and recording which epoch they hold
 happen together, with Ctrl+C and SIGTERM held until both are done: the manifest always names the epoch that
 is in the file.
@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ckpt.fetch import Fetched
-from ckpt.manifest import Metric
-from ckpt.training import TrainingRun, deferred_signals
+from ckpt.contract.manifest import Metric
+from ckpt.trainer.fetch import Fetched
+from ckpt.trainer.training import TrainingRun, deferred_signals
 
 # Ultralytics picks best.pt by its fitness (higher is better) and rewrites it when fitness equals the best.
 FITNESS = Metric(name="fitness", mode="max")

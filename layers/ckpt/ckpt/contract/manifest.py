@@ -21,9 +21,9 @@ from pydantic import (
     model_validator,
 )
 
-from ckpt import strict_json
+from ckpt.contract import strict_json
+from ckpt.contract.keys import CHECKPOINT_NAMES, MAX_ID, AttemptRef, CheckpointName, JobRef
 from ckpt.errors import describe
-from ckpt.keys import CHECKPOINT_NAMES, MAX_ID, AttemptRef, CheckpointName, JobRef
 
 SCHEMA_VERSION = 1
 MAX_MANIFEST_BYTES = 64 * 1024

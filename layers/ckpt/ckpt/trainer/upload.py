@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from ckpt.checksums import FileDigests, crc32_b64, crc64nvme_available, crc64nvme_of
-from ckpt.profiles import S3, StorageProfile
-from ckpt.storage import MiB, translated_errors
+from ckpt.adapters.profiles import S3, StorageProfile
+from ckpt.adapters.storage import MiB, translated_errors
+from ckpt.trainer.checksums import FileDigests, crc32_b64, crc64nvme_available, crc64nvme_of
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from ckpt.keys import AttemptRef, CheckpointName
-from ckpt.manifest import Manifest, MetricMode
+from ckpt.contract.keys import AttemptRef, CheckpointName
+from ckpt.contract.manifest import Manifest, MetricMode
 
 
 @dataclass(frozen=True)

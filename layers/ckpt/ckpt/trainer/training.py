@@ -1,6 +1,6 @@
 """Stage checkpoints however training ends: the API a training script wraps around its training call.
 
-    from ckpt.training import TrainingRun
+    from ckpt.trainer.training import TrainingRun
 
     with TrainingRun(project_id=7, job_id=42, weights_dir="runs/job_42/weights") as run:
         for epoch in range(1, epochs + 1):
@@ -18,7 +18,7 @@ retried where it can be, then logged loudly and returned in ``run.result``; it n
 script.
 
 ``resume=True`` starts the run from the job's promoted last.pt: the database's record says what that is
-(``ckpt.promoted``, the record ``ckpt fetch`` and the checkpoint API read), the file is downloaded and checked
+(``ckpt.promotion.promoted``, the record ``ckpt fetch`` and the checkpoint API read), the file is downloaded and checked
 against the recorded SHA-256 before ``run.resumed`` names it, and the run stages as a new attempt. With nothing
 promoted it starts fresh and logs so.
 """
@@ -43,18 +43,18 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from ckpt.adapters.storage import HASH_CHUNK_BYTES, make_client
 from ckpt.config import Settings
+from ckpt.contract.keys import CHECKPOINT_NAMES, AttemptRef, CheckpointName, JobRef, Layout
+from ckpt.contract.manifest import Manifest, Metric, Status
+from ckpt.contract.rules import EpochMetric
 from ckpt.errors import StorageUnavailable
-from ckpt.fetch import Fetched, fetch_checkpoint
-from ckpt.keys import CHECKPOINT_NAMES, AttemptRef, CheckpointName, JobRef, Layout
-from ckpt.manifest import Manifest, Metric, Status
-from ckpt.promoted import CheckpointNotPromoted, NothingPromoted, PromotedJob, UnknownJob
-from ckpt.rules import EpochMetric
+from ckpt.promotion.promoted import CheckpointNotPromoted, NothingPromoted, PromotedJob, UnknownJob
 from ckpt.service import engine_from_settings
-from ckpt.staging import Checkpoint, resolve_attempt, stage_attempt
-from ckpt.storage import HASH_CHUNK_BYTES, make_client
-from ckpt.tracking import EpochTracker
-from ckpt.upload import Uploaded, Uploader, UploadPolicy
+from ckpt.trainer.fetch import Fetched, fetch_checkpoint
+from ckpt.trainer.staging import Checkpoint, resolve_attempt, stage_attempt
+from ckpt.trainer.tracking import EpochTracker
+from ckpt.trainer.upload import Uploaded, Uploader, UploadPolicy
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class TrainingRun:
         engine: Engine | None = None,
     ) -> None:
         """``attempt``: explicit, else CKPT_ATTEMPT, else one more than the highest staged (see
-        ``ckpt.staging.next_attempt``). ``backup_every_minutes``: re-stage last.pt in the background at most
+        ``ckpt.trainer.staging.next_attempt``). ``backup_every_minutes``: re-stage last.pt in the background at most
         that often (off by default), so a job killed with SIGKILL still leaves a recent last.pt in staging.
         ``resume``: start from the job's promoted last.pt (``run.resumed``), fetched and verified when the run
         starts; that needs the database (``engine``, else DATABASE_URL or DATABASE_SECRET_ARN), which holds the

@@ -1,8 +1,8 @@
-"""Alembic environment for the service's own tables (run through ckpt.db.migrate, not the alembic CLI)."""
+"""Alembic environment for the service's own tables (run through ckpt.adapters.db.migrate, not the alembic CLI)."""
 
 from alembic import context
 
-from ckpt.db.schema import VERSION_TABLE, service_metadata
+from ckpt.adapters.db.schema import VERSION_TABLE, service_metadata
 
 engine = context.config.attributes["engine"]
 
