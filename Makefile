@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PG_CLUSTER = $(shell ls /etc/postgresql 2>/dev/null | head -n 1)
 
-.PHONY: install demo test test-unit test-integration test-e2e lint format typecheck build validate bench clean postgres \
+.PHONY: install demo stack test test-unit test-integration test-e2e lint format typecheck build validate bench clean postgres \
 	invoke test-invoke lambda-image
 
 install: $(STAMP)
@@ -21,6 +21,12 @@ $(STAMP): pyproject.toml
 # make demo R2=1: the same job R2's way (R2's rules, its notification on a Cloudflare Queue, the poller).
 demo: install
 	PYTHONPATH=functions $(BIN)/python -m tests.e2e.demo $(if $(R2),--r2)
+
+# make stack [DATABASE_URL=…] [STACK_ARGS="--sweep-every 10s --sweep-older-than 1m"]: the embedded stack in the
+# foreground for a real training to point at (moto S3 + SQS with the notification, the real handler on the queue, the
+# sweeper on a short schedule); prints the trainer's environment, then each outcome. Ctrl+C stops it.
+stack: install
+	PYTHONPATH=functions $(BIN)/python -m tests.e2e.stack $(if $(DATABASE_URL),--database-url '$(DATABASE_URL)') $(STACK_ARGS)
 
 test: install
 	$(BIN)/python -m pytest
@@ -102,4 +108,4 @@ postgres:
 		echo "PostgreSQL did not turn TLS on" >&2; exit 1; }
 
 clean:
-	rm -rf .aws-sam .demo .pytest_cache .ruff_cache .mypy_cache .lambda-image
+	rm -rf .aws-sam .demo .stack .pytest_cache .ruff_cache .mypy_cache .lambda-image

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, insert, text
 
 from ckpt.adapters.db import migrate
-from ckpt.adapters.db.schema import platform_metadata, validation_results
+from ckpt.adapters.db.schema import platform_metadata, service_metadata, validation_results
 from ckpt.adapters.db.store import PromotionStore
 from ckpt.contract.keys import AttemptRef, CheckpointName, JobRef, Layout
 from ckpt.contract.manifest import Manifest, Status
@@ -22,7 +22,8 @@ BUCKET = "vision-platform-prod"
 def reset_database(engine: Engine) -> None:
     """Empty database: the platform's table as the platform creates it, then the service's via migrations."""
     with engine.begin() as connection:
-        for table in ("ckpt_promotions", "ckpt_job_state", "ckpt_alembic_version", "validation_results"):
+        service_tables = [table.name for table in reversed(service_metadata.sorted_tables)]  # dependents first
+        for table in (*service_tables, "ckpt_alembic_version", "validation_results"):
             connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
     platform_metadata.create_all(engine)
     migrate.upgrade(engine)

@@ -3,13 +3,19 @@
 Retry policy lives in one place, here: ``TransientError`` propagates (an SQS record becomes a batch item
 failure and is redelivered, then dead-lettered after 5 receives; a direct invocation fails and Lambda
 retries it); everything permanent is answered, logged and counted, and never retried.
+
+Observability, also here: every log line of a promotion (the ``ckpt`` package's included) carries its
+``project_id``, ``job_id`` and ``attempt``; each outcome is counted (``Manifests<Status>``) and measured
+(``measures``); a promotion that raises counts in ``PromotionFailures``. template.yaml's failure-rate alarm
+and dashboard are built on these names.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -18,8 +24,8 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from ckpt.config import Settings
-from ckpt.contract.keys import JobRef
-from ckpt.contract.outcome import LOGGED_TEXT_LIMIT, Outcome
+from ckpt.contract.keys import JobRef, Layout, LayoutError
+from ckpt.contract.outcome import LOGGED_TEXT_LIMIT, Outcome, Status
 from ckpt.errors import ConfigurationError, Rejected, TransientError
 from ckpt.promotion.promoter import Promoter
 from ckpt.service import build_promoter, engine_from_settings
@@ -61,7 +67,51 @@ def configuration_failed(exc: ConfigurationError) -> None:
 
 @tracer.capture_method
 def promote(obj: triggers.ObjectCreated, trigger: str) -> dict[str, Any]:
-    return _answer(get_promoter().promote_key(obj.bucket, obj.key, trigger=trigger))
+    return _answer(promote_observed(obj, trigger))
+
+
+def promote_observed(obj: triggers.ObjectCreated, trigger: str) -> Outcome:
+    """Promote one announced manifest with the function's observability around it: its log lines carry its
+    project, job and attempt, and a promotion that raises counts in ``PromotionFailures``. Publishing the
+    outcome (``Manifests<Status>``, ``publish_measures``) is the caller's."""
+    with counted_failures():
+        promoter = get_promoter()
+        with log_keys(**_attempt_fields(promoter.layout, obj.key)):
+            return promoter.promote_key(obj.bucket, obj.key, trigger=trigger)
+
+
+@contextmanager
+def counted_failures() -> Iterator[None]:
+    """Count a promotion that raises (a transient failure, a misconfiguration, a bug): it ends in no outcome and
+    is retried. ``Rejected`` (a reprocess of a job with nothing staged) is an answer, not a failure."""
+    try:
+        yield
+    except Rejected:
+        raise
+    except Exception:
+        metrics.add_metric(name="PromotionFailures", unit=MetricUnit.Count, value=1)
+        raise
+
+
+@contextmanager
+def log_keys(**keys: object) -> Iterator[None]:
+    """``keys`` on every log line written in the block, by this logger and by the ``ckpt`` package's (whose
+    loggers share its handler, see observability.py). Thread-local: a promotion in another thread never
+    carries them. Keys without a value (a test job's project) are left out."""
+    present = {name: value for name, value in keys.items() if value is not None}
+    logger.thread_safe_append_keys(**present)
+    try:
+        yield
+    finally:
+        logger.thread_safe_remove_keys(list(present))
+
+
+def _attempt_fields(layout: Layout, key: str) -> dict[str, int | None]:
+    try:
+        ref = layout.parse_manifest_key(key)
+    except LayoutError:  # no manifest of the layout: its log lines say the key instead
+        return {}
+    return {"project_id": ref.job.project_id, "job_id": ref.job.job_id, "attempt": ref.attempt}
 
 
 def record_handler(record: SQSRecord) -> list[dict[str, Any]]:
@@ -141,8 +191,10 @@ def _handle(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         if kind == "reprocess":
             request = triggers.parse_reprocess(event)
             job = JobRef(job_id=request.job_id, project_id=request.project_id)
+            fields = {"project_id": job.project_id, "job_id": job.job_id, "attempt": request.attempt}
             try:
-                outcome = get_promoter().reprocess(job, request.attempt, dry_run=request.dry_run)
+                with counted_failures(), log_keys(**fields):
+                    outcome = get_promoter().reprocess(job, request.attempt, dry_run=request.dry_run)
             except Rejected as exc:
                 return {"outcomes": [_unrecognised(exc.reason)]}
             return {"outcomes": [_answer(outcome)]}
@@ -159,10 +211,44 @@ def _answer_announced(item: triggers.Announced) -> dict[str, Any]:
 
 def _answer(outcome: Outcome) -> dict[str, Any]:
     metrics.add_metric(name=f"Manifests{outcome.status.title()}", unit=MetricUnit.Count, value=1)
-    for report in outcome.files.values():
-        metrics.add_metric(name=f"ChecksumFrom{report.checksum_source.title()}", unit=MetricUnit.Count, value=1)
+    publish_measures(outcome)
     fields = outcome.log_fields()
     return {name: fields[name] for name in ("outcome", "reason", "manifest_key", "job_id", "attempt")}
+
+
+def publish_measures(outcome: Outcome) -> None:
+    for name, unit, value in measures(outcome):
+        metrics.add_metric(name=name, unit=unit, value=value)
+
+
+def measures(outcome: Outcome) -> list[tuple[str, MetricUnit, float]]:
+    """What one outcome adds to the metrics besides its count (``Manifests<Status>``):
+
+    - ``ChecksumFrom<Source>``: one per verified file, by how it was verified (``store``, ``crc64nvme``, ``stream``);
+    - ``BytesVerified``: the sizes of the files shown to be the trainer's bytes, however shown (promotions and dry
+      runs; a duplicate verifies nothing);
+    - ``BytesHashed``: of those, the bytes the function read and hashed itself (``stream``): the part of a
+      promotion's time and transfer that grows with the files (a store checksum costs one HEAD whatever the size);
+    - ``BytesCopied``: the sizes copied server-side to the canonical keys (promotions only);
+    - ``PromotionLatency``: from the manifest's ``finished_at`` to the commit (``Outcome.promotion_latency``);
+    - ``StagedFilesDeleted``, ``StagedDeletionFailures``: the cleanup after the commit, when it runs.
+    """
+    files = outcome.files.values()
+    found: list[tuple[str, MetricUnit, float]] = [
+        (f"ChecksumFrom{report.checksum_source.title()}", MetricUnit.Count, 1) for report in files
+    ]
+    if outcome.status in (Status.PROMOTED, Status.PLANNED):
+        found.append(("BytesVerified", MetricUnit.Bytes, sum(f.size for f in files)))
+        found.append(("BytesHashed", MetricUnit.Bytes, sum(f.size for f in files if f.checksum_source == "stream")))
+    if outcome.status is Status.PROMOTED:
+        found.append(("BytesCopied", MetricUnit.Bytes, sum(f.size for f in files)))
+    latency = outcome.promotion_latency()
+    if latency is not None:
+        found.append(("PromotionLatency", MetricUnit.Milliseconds, latency.total_seconds() * 1000))
+    if outcome.cleanup is not None:
+        found.append(("StagedFilesDeleted", MetricUnit.Count, len(outcome.cleanup.deleted)))
+        found.append(("StagedDeletionFailures", MetricUnit.Count, len(outcome.cleanup.failed)))
+    return found
 
 
 def _unrecognised(reason: str, **context: str) -> dict[str, Any]:

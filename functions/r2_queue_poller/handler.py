@@ -73,7 +73,11 @@ def notification_parser(layout: Layout) -> Callable[[bytes | str], Sequence[trig
 
 @tracer.capture_method
 def promote(obj: triggers.ObjectCreated) -> Outcome:
-    return promotion.get_promoter().promote_key(obj.bucket, obj.key, trigger=TRIGGER)
+    # The promotion function's own observability: log keys, PromotionFailures, bytes and latency (the outcome
+    # counts, Manifests<Status>, come from the drain's report).
+    outcome = promotion.promote_observed(obj, TRIGGER)
+    promotion.publish_measures(outcome)
+    return outcome
 
 
 def judged_and_logged(

@@ -23,7 +23,8 @@ JOB = JobRef(job_id=42, project_id=7)
 
 def _drop_everything(engine) -> None:
     with engine.begin() as connection:
-        for table in ("ckpt_promotions", "ckpt_job_state", VERSION_TABLE, "validation_results", "alembic_version"):
+        service_tables = [table.name for table in reversed(service_metadata.sorted_tables)]  # dependents first
+        for table in (*service_tables, VERSION_TABLE, "validation_results", "alembic_version"):
             connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
 
 
@@ -38,7 +39,7 @@ def test_upgrade_creates_only_the_service_tables_and_leaves_the_platforms_alone(
     migrate.upgrade(engine)  # idempotent
 
     tables = set(inspect(engine).get_table_names())
-    assert tables == {"alembic_version", VERSION_TABLE, "ckpt_job_state", "ckpt_promotions"}
+    assert tables == {"alembic_version", VERSION_TABLE, *service_metadata.tables}
     with engine.connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "platform_rev_9"
     assert migrate.current_revision(engine) == migrate.head_revision()

@@ -38,7 +38,7 @@ PROMOTION_EVENTS = {
 def other_functions_events(name: str) -> bool:
     """R2QueuePollerFunction's schedule (not runnable under sam local invoke yet: tests/invoke/__main__.py says
     why) and CheckpointApiFunction's requests (api-*.json, tested with that function)."""
-    return name == "r2-queue-poll.json" or name.startswith("api-")
+    return name in {"r2-queue-poll.json", "sweeper-schedule.json"} or name.startswith("api-")
 
 
 @pytest.fixture

@@ -151,6 +151,8 @@ def test_noncurrent_checkpoint_versions_expire_after_the_parameters_days_and_cur
     assert rule["NoncurrentVersionExpiration"] == {"NoncurrentDays": {"Ref": "NoncurrentCheckpointDays"}}
     for entry in _lifecycle_rules():
         some_rule = entry["Fn::If"][1] if "Fn::If" in entry else entry
+        if some_rule.get("Prefix") == {"Ref": "StagingPrefix"}:
+            continue  # staging may expire (StagingExpirationDays): no row names a staged file
         # an Expiration of current versions would delete the checkpoint a row names
         assert not {"ExpirationInDays", "ExpirationDate", "Transitions"} & some_rule.keys(), some_rule["Id"]
 
@@ -189,6 +191,7 @@ def test_the_transformed_event_source_mapping_carries_the_cap(monkeypatch):
     template["Resources"]["PromoteCheckpointsFunction"]["Properties"]["CodeUri"] = "s3://artifacts/function.zip"
     template["Resources"]["R2QueuePollerFunction"]["Properties"]["CodeUri"] = "s3://artifacts/function.zip"
     template["Resources"]["CheckpointApiFunction"]["Properties"]["CodeUri"] = "s3://artifacts/function.zip"
+    template["Resources"]["SweeperFunction"]["Properties"]["CodeUri"] = "s3://artifacts/function.zip"
     template["Resources"]["CkptLayer"]["Properties"]["ContentUri"] = "s3://artifacts/layer.zip"
     secret = {"DatabaseSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:db-AbCdEf"}
     resources = transform(template, secret, NoManagedPolicies())["Resources"]
@@ -386,6 +389,7 @@ def test_the_poller_role_is_scoped_like_the_promotion_role_with_no_queue_and_its
         "ReadStaging",
         "ListBucketForNotFound",
         "WriteCanonical",
+        "DeleteStagedAfterPromotion",
         "ReadDatabaseSecret",
         "ReadStorageCredentialsSecret",
         "ReadCloudflareApiTokenSecret",
@@ -404,6 +408,7 @@ def test_the_poller_role_is_scoped_like_the_promotion_role_with_no_queue_and_its
         {"Ref": "CloudflareApiTokenSecretArn"},
     )
     assert _poller_statement("UseCustomerManagedKeys") == _conditional_statement("UseCustomerManagedKeys")
+    assert _poller_statement("DeleteStagedAfterPromotion") == _conditional_statement("DeleteStagedAfterPromotion")
 
 
 def test_the_transformed_poller_is_an_eventbridge_schedule_with_no_retries(monkeypatch):
@@ -415,15 +420,17 @@ def test_the_transformed_poller_is_an_eventbridge_schedule_with_no_retries(monke
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
     template = _template()
-    for function in ("PromoteCheckpointsFunction", "R2QueuePollerFunction", "CheckpointApiFunction"):
+    for function in ("PromoteCheckpointsFunction", "R2QueuePollerFunction", "CheckpointApiFunction", "SweeperFunction"):
         template["Resources"][function]["Properties"]["CodeUri"] = "s3://artifacts/function.zip"
     template["Resources"]["CkptLayer"]["Properties"]["ContentUri"] = "s3://artifacts/layer.zip"
     secret = {"DatabaseSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:db-AbCdEf"}
     resources = transform(template, secret, NoManagedPolicies())["Resources"]
-    [rule] = [r for r in resources.values() if r["Type"] == "AWS::Events::Rule"]
+    rule = resources["R2QueuePollerFunctionPollQueue"]  # (SweeperFunction has a schedule of its own)
+    assert rule["Type"] == "AWS::Events::Rule"
     assert rule["Condition"] == "PollsCloudflareQueue"
     assert rule["Properties"]["ScheduleExpression"] == {"Ref": "CloudflarePollSchedule"}
-    [invoke_config] = [r for r in resources.values() if r["Type"] == "AWS::Lambda::EventInvokeConfig"]
+    invoke_config = resources["R2QueuePollerFunctionEventInvokeConfig"]
+    assert invoke_config["Type"] == "AWS::Lambda::EventInvokeConfig"
     assert invoke_config["Properties"]["MaximumRetryAttempts"] == 0
 
 
@@ -458,7 +465,7 @@ def _transformed(monkeypatch: pytest.MonkeyPatch, **parameters: str) -> dict[str
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
     template = _template()
-    for function in ("PromoteCheckpointsFunction", "R2QueuePollerFunction", "CheckpointApiFunction"):
+    for function in ("PromoteCheckpointsFunction", "R2QueuePollerFunction", "CheckpointApiFunction", "SweeperFunction"):
         template["Resources"][function]["Properties"]["CodeUri"] = "s3://artifacts/function.zip"
     template["Resources"]["CkptLayer"]["Properties"]["ContentUri"] = "s3://artifacts/layer.zip"
     values = {"DatabaseSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:db-AbCdEf", **parameters}
@@ -591,3 +598,350 @@ def test_the_transformed_api_integrates_each_route_with_the_function_under_its_a
     ]
     assert len(permissions) == 4
     assert all(p["Properties"]["FunctionName"] == {"Ref": "CheckpointApiFunction"} for p in permissions)
+
+
+# --- Cleanup and lifecycle (issue 9, item 4) -------------------------------------------------------------------
+
+
+def test_incomplete_multipart_uploads_are_aborted_after_the_parameters_days_a_week_by_default():
+    parameter = _template()["Parameters"]["AbortIncompleteMultipartUploadDays"]
+    assert (parameter["Type"], parameter["Default"], parameter["MinValue"]) == ("Number", 7, 1)
+    condition, rule = _rule("abort-incomplete-multipart-uploads")
+    assert condition is None
+    assert rule["AbortIncompleteMultipartUpload"] == {
+        "DaysAfterInitiation": {"Ref": "AbortIncompleteMultipartUploadDays"}
+    }
+
+
+def test_staging_expires_after_the_parameters_days_only_under_staging_and_never_by_default():
+    template = _template()
+    parameter = template["Parameters"]["StagingExpirationDays"]
+    assert (parameter["Type"], parameter["Default"], parameter["MinValue"]) == ("Number", 0, 0)
+    condition, rule = _rule("expire-staging")
+    assert template["Conditions"][condition] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "StagingExpirationDays"}, "0"]}]}
+    assert rule["Prefix"] == {"Ref": "StagingPrefix"}
+    assert rule["ExpirationInDays"] == {"Ref": "StagingExpirationDays"}
+    # Nothing expires a current version anywhere else: no rule with an expiration of current versions lacks the
+    # staging prefix (the canonical checkpoints are never deleted).
+    for entry in _lifecycle_rules():
+        some_rule = entry["Fn::If"][1] if "Fn::If" in entry else entry
+        if {"ExpirationInDays", "ExpirationDate"} & some_rule.keys():
+            assert some_rule["Prefix"] == {"Ref": "StagingPrefix"}, some_rule["Id"]
+
+
+def _iam_statements() -> list[tuple[str, str | None, dict[str, Any]]]:
+    """(role, condition or None, statement) of every inline policy statement of every role in the template."""
+    found = []
+    for name, resource in _resources().items():
+        if resource["Type"] != "AWS::IAM::Role":
+            continue
+        for policy in resource["Properties"].get("Policies", []):
+            for entry in policy["PolicyDocument"]["Statement"]:
+                if "Fn::If" in entry:
+                    condition, statement, otherwise = entry["Fn::If"]
+                    assert otherwise == {"Ref": "AWS::NoValue"}
+                    found.append((name, condition, statement))
+                else:
+                    found.append((name, None, entry))
+    return found
+
+
+def test_staged_files_are_deleted_only_with_the_parameter_and_only_under_staging():
+    template = _template()
+    parameter = template["Parameters"]["DeleteStagedAfterPromotion"]
+    assert (parameter["Default"], parameter["AllowedValues"]) == ("false", ["true", "false"])
+    assert template["Conditions"]["DeletesStagedAfterPromotion"] == {
+        "Fn::Equals": [{"Ref": "DeleteStagedAfterPromotion"}, "true"]
+    }
+    staging = {"Fn::Sub": "arn:${AWS::Partition}:s3:::${BucketName}/${StagingPrefix}*"}
+    deleting = {
+        role: (condition, statement)
+        for role, condition, statement in _iam_statements()
+        if any(
+            action in ("*", "s3:*") or action.startswith("s3:Delete")
+            for action in ([statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"])
+        )
+    }
+    # The two functions that promote, and nothing else, ever: no role may delete a canonical checkpoint.
+    assert set(deleting) == {"PromoteCheckpointsRole", "R2QueuePollerRole"}
+    for condition, statement in deleting.values():
+        assert condition == "DeletesStagedAfterPromotion"
+        assert statement == {
+            "Sid": "DeleteStagedAfterPromotion",
+            "Effect": "Allow",
+            "Action": "s3:DeleteObject",
+            "Resource": staging,
+        }
+    # The deletes are conditional on the ETag, which S3 checks with s3:GetObject on the same keys.
+    _, read = _conditional_statement_or_plain("ReadStaging")
+    assert read["Action"] == "s3:GetObject" and read["Resource"] == staging
+
+
+def _conditional_statement_or_plain(sid: str) -> tuple[str | None, dict[str, Any]]:
+    [(condition, statement)] = [
+        (condition, statement)
+        for role, condition, statement in _iam_statements()
+        if role == "PromoteCheckpointsRole" and statement.get("Sid") == sid
+    ]
+    return condition, statement
+
+
+def test_both_functions_that_promote_are_told_whether_to_delete_staged_files():
+    for function in ("PromoteCheckpointsFunction", "R2QueuePollerFunction"):
+        variables = _resources()[function]["Properties"]["Environment"]["Variables"]
+        assert variables["DELETE_STAGED_AFTER_PROMOTION"] == {"Ref": "DeleteStagedAfterPromotion"}, function
+
+
+# --- Observability (issue 9, item 6) ---------------------------------------------------------------------------
+
+FAILURE_RATE = (
+    "100 * (FILL(rejected, 0) + FILL(failures, 0)) / (FILL(promoted, 0) + FILL(duplicate, 0)"
+    " + FILL(superseded, 0) + FILL(rejected, 0) + FILL(failures, 0))"
+)
+
+
+def _emitted_metric_names() -> set[str]:
+    """The metric names the functions' code publishes: the outcome counts (Manifests<Status>, from the enum) and
+    every other name written out in the functions' sources (add_metric(name="…") and handler.measures)."""
+    from ckpt.contract.outcome import Status
+
+    sources = "\n".join(path.read_text() for path in (ROOT / "functions").rglob("*.py"))
+    names = set(re.findall(r'add_metric\(\s*name="(\w+)"', sources))
+    names |= set(re.findall(r'\(\s*"(\w+)",\s*MetricUnit\.', sources))
+    return names | {f"Manifests{status.title()}" for status in Status}
+
+
+def _metric_namespace_and_dimensions() -> tuple[str, list[str]]:
+    from promote_checkpoints.observability import metrics
+
+    return metrics.namespace, ["service", metrics.service]
+
+
+def test_the_failure_rate_alarm_is_metric_math_over_the_outcome_metrics_above_five_percent():
+    alarm = _resources()["PromotionFailureRateAlarm"]["Properties"]
+    namespace, (dimension, service) = _metric_namespace_and_dimensions()
+    queries = {query["Id"]: query for query in alarm["Metrics"]}
+    assert queries["failure_rate"]["Expression"] == FAILURE_RATE
+    assert [query["Id"] for query in alarm["Metrics"] if query["ReturnData"]] == ["failure_rate"]
+    names = {
+        "promoted": "ManifestsPromoted",
+        "duplicate": "ManifestsDuplicate",
+        "superseded": "ManifestsSuperseded",
+        "rejected": "ManifestsRejected",
+        "failures": "PromotionFailures",
+    }
+    assert set(queries) == {*names, "failure_rate"}
+    for query_id, name in names.items():
+        stat = queries[query_id]["MetricStat"]
+        assert stat["Metric"] == {
+            "Namespace": namespace,
+            "MetricName": name,
+            "Dimensions": [{"Name": dimension, "Value": service}],
+        }
+        assert (stat["Period"], stat["Stat"]) == (900, "Sum")  # 15 minutes
+    assert set(names.values()) <= _emitted_metric_names()
+    assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (5, "GreaterThanThreshold")
+    assert (alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"]) == (1, 1)
+    assert alarm["TreatMissingData"] == "notBreaching"  # no promotion in 15 minutes is no failure
+
+
+def _dashboard() -> dict[str, Any]:
+    """The dashboard body as CloudWatch reads it, each ${…} of its !Sub left as the text it names."""
+    body = _resources()["PipelineDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    document: dict[str, Any] = json.loads(re.sub(r"\$\{([^}]+)\}", r"<\1>", body))
+    return document
+
+
+def _widget(title_start: str) -> dict[str, Any]:
+    [widget] = [w for w in _dashboard()["widgets"] if w["properties"]["title"].startswith(title_start)]
+    return widget["properties"]
+
+
+def _series(widget: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(namespace, metric name, options) of each metric of a widget (expressions left out)."""
+    found = []
+    for row in widget["metrics"]:
+        options = row[-1] if isinstance(row[-1], dict) else {}
+        if "expression" not in options:
+            found.append((row[0], row[1], options))
+    return found
+
+
+def test_the_dashboard_charts_only_metrics_the_code_emits_under_its_namespace_and_dimension():
+    namespace, dimensions = _metric_namespace_and_dimensions()
+    emitted = _emitted_metric_names()
+    charted = set()
+    for widget in _dashboard()["widgets"]:
+        if widget["type"] != "metric":
+            continue
+        for row in widget["properties"]["metrics"]:
+            if isinstance(row[0], dict):
+                continue  # an expression over the rows that follow
+            if row[0] == namespace:
+                assert row[2:4] == dimensions, row
+                charted.add(row[1])
+    assert charted <= emitted, charted - emitted
+    assert {"PromotionLatency", "BytesVerified", "BytesHashed", "BytesCopied", "SweepFindings"} <= charted
+
+
+def test_the_dashboard_has_the_pipeline_on_one_page():
+    layout = [(w["x"], w["y"], w["width"], w["height"]) for w in _dashboard()["widgets"]]
+    assert all(x + width <= 24 for x, _, width, _ in layout)
+    assert {name for _, name, _ in _series(_widget("Promotions by outcome"))} >= {
+        "ManifestsPromoted",
+        "ManifestsDuplicate",
+        "ManifestsSuperseded",
+        "ManifestsRejected",
+        "PromotionFailures",
+    }
+    rate = _widget("Promotion failure rate")
+    [expression] = [row[0] for row in rate["metrics"] if isinstance(row[0], dict)]
+    assert expression["expression"] == FAILURE_RATE  # the alarm's own arithmetic
+    assert {options["id"] for _, _, options in _series(rate)} == {
+        "promoted",
+        "duplicate",
+        "superseded",
+        "rejected",
+        "failures",
+    }
+    assert rate["annotations"]["horizontal"][0]["value"] == 5
+    latency = _series(_widget("Latency"))
+    assert [(name, options["stat"]) for _, name, options in latency] == [
+        ("PromotionLatency", "p50"),
+        ("PromotionLatency", "p99"),
+    ]
+    assert [name for _, name, _ in _series(_widget("Bytes"))] == ["BytesVerified", "BytesHashed", "BytesCopied"]
+    queues = _widget("Dead-letter queue")["metrics"]
+    assert ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", "<PromotionDeadLetterQueue.QueueName>"] in [
+        row[:4] for row in queues
+    ]
+    assert [name for _, name, _ in _series(_widget("Sweeper findings"))] == ["SweepFindings"]
+    alarms = [w["properties"]["alarms"] for w in _dashboard()["widgets"] if w["type"] == "alarm"]
+    assert alarms == [["<PromotionFailureRateAlarm.Arn>", "<PromotionDeadLetterAlarm.Arn>", "<SweepFindingsAlarm.Arn>"]]
+    for name in ("PromotionFailureRateAlarm", "PromotionDeadLetterAlarm", "SweepFindingsAlarm"):
+        assert _resources()[name]["Type"] == "AWS::CloudWatch::Alarm"
+
+
+# --- The sweeper (issue 9, item 1) --------------------------------------------------------------------------------
+
+
+def _sweeper_statements() -> list[tuple[str | None, dict[str, Any]]]:
+    [policy] = _resources()["SweeperRole"]["Properties"]["Policies"]
+    statements = []
+    for entry in policy["PolicyDocument"]["Statement"]:
+        if "Fn::If" in entry:
+            condition, statement, otherwise = entry["Fn::If"]
+            assert otherwise == {"Ref": "AWS::NoValue"}
+            statements.append((condition, statement))
+        else:
+            statements.append((None, entry))
+    return statements
+
+
+def test_the_sweeper_runs_the_shared_code_on_a_schedule_without_lambda_retries():
+    template = _template()
+    function = template["Resources"]["SweeperFunction"]["Properties"]
+    promotion = template["Resources"]["PromoteCheckpointsFunction"]["Properties"]
+    assert function["Handler"] == "sweeper.handler.lambda_handler"
+    assert (ROOT / "functions" / "sweeper" / "handler.py").is_file()
+    assert function["CodeUri"] == promotion["CodeUri"] == "functions/"
+    assert function["Layers"] == promotion["Layers"] == [{"Ref": "CkptLayer"}]
+    assert function["Role"] == {"Fn::GetAtt": ["SweeperRole", "Arn"]}
+    assert function["LoggingConfig"] == {"LogGroup": {"Ref": "SweeperLogGroup"}}
+    assert function["VpcConfig"] == promotion["VpcConfig"]  # the database is where the promotion reaches it
+    assert function["Timeout"] == 900  # a multipart checkpoint is hashed by reading it whole
+    assert "ReservedConcurrentExecutions" not in function  # overlapping runs are safe (If-None-Match: *)
+    assert function["EventInvokeConfig"] == {"MaximumRetryAttempts": 0}
+    [event] = function["Events"].values()
+    assert event["Type"] == "Schedule"
+    assert event["Properties"]["Schedule"] == {"Ref": "SweepSchedule"}
+    schedule = template["Parameters"]["SweepSchedule"]
+    assert schedule["Default"] == "rate(1 hour)"
+    assert re.fullmatch(schedule["AllowedPattern"], "rate(15 minutes)")
+    assert not re.fullmatch(schedule["AllowedPattern"], "hourly")
+
+
+def test_the_sweepers_age_is_a_parameter_in_the_clis_duration_syntax_six_hours_by_default():
+    from ckpt.operations.sweep import DEFAULT_OLDER_THAN, parse_duration
+
+    parameter = _template()["Parameters"]["SweepOlderThan"]
+    assert parse_duration(parameter["Default"]) == DEFAULT_OLDER_THAN == parse_duration("6h")
+    for value in ("90s", "30m", "6h", "1h30m", "2d", "0s", "", "6", "6 h", "6hours", "1.5h", "-6h"):
+        try:
+            parse_duration(value)
+            readable = True
+        except ValueError:
+            readable = False
+        assert bool(re.fullmatch(parameter["AllowedPattern"], value)) is readable, value
+    variables = _resources()["SweeperFunction"]["Properties"]["Environment"]["Variables"]
+    assert variables["SWEEP_OLDER_THAN"] == {"Ref": "SweepOlderThan"}
+    assert '"SWEEP_OLDER_THAN"' in (ROOT / "functions" / "sweeper" / "handler.py").read_text()
+
+
+def test_the_sweeper_reads_the_store_and_the_database_as_the_promotion_does():
+    variables = _resources()["SweeperFunction"]["Properties"]["Environment"]["Variables"]
+    promotion = _resources()["PromoteCheckpointsFunction"]["Properties"]["Environment"]["Variables"]
+    shared = (
+        "CHECKPOINT_BUCKET",
+        "AWS_S3_ENDPOINT_URL",
+        "DATABASE_SECRET_ARN",
+        "STORAGE_CREDENTIALS_SECRET_ARN",
+        "DATABASE_URL",
+        "STAGING_PREFIX",
+        "CANONICAL_PREFIX",
+        "CHECKPOINT_URI_SCHEME",
+        "STORAGE_PROFILE",
+    )
+    assert {name: variables[name] for name in shared} == {name: promotion[name] for name in shared}
+    assert set(variables) == {*shared, "SWEEP_OLDER_THAN"}
+
+
+def test_the_sweeper_role_lists_and_reads_staging_and_writes_only_manifests_there():
+    statements = _sweeper_statements()
+    assert [statement["Sid"] for _, statement in statements] == [
+        "WriteOwnLogs",
+        "XRayTracing",
+        "ReadStaging",
+        "ListBucketForNotFound",
+        "WriteStagedManifests",
+        "ReadDatabaseSecret",
+        "ReadStorageCredentialsSecret",
+        "UseCustomerManagedKeys",
+        "VpcNetworkInterfaces",
+    ]
+    by_sid = {statement["Sid"]: (condition, statement) for condition, statement in statements}
+    promotion = {s["Sid"]: s for s in _role_statements() if "Sid" in s}
+    for sid in ("XRayTracing", "ReadStaging", "ListBucketForNotFound", "ReadDatabaseSecret"):
+        assert by_sid[sid] == (None, promotion[sid]), sid
+    assert by_sid["WriteOwnLogs"][1]["Resource"] == {"Fn::GetAtt": ["SweeperLogGroup", "Arn"]}
+    assert by_sid["WriteStagedManifests"][1]["Action"] == "s3:PutObject"
+    assert by_sid["WriteStagedManifests"][1]["Resource"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:s3:::${BucketName}/${StagingPrefix}*manifest.json"
+    }
+    assert by_sid["UseCustomerManagedKeys"] == _conditional_statement("UseCustomerManagedKeys")
+    assert by_sid["ReadStorageCredentialsSecret"][0] == "HasStorageCredentials"
+    policy = json.dumps(_resources()["SweeperRole"]["Properties"]["Policies"])
+    # never a queue, a delete, or anything under the canonical prefix: the sweeper only writes manifests
+    assert "sqs:" not in policy and "s3:Delete" not in policy and "CanonicalPrefix" not in policy
+
+
+def test_an_alarm_fires_on_any_attempt_the_sweeper_completes():
+    from promote_checkpoints.observability import metrics
+
+    alarm = _resources()["SweepFindingsAlarm"]["Properties"]
+    assert (alarm["Namespace"], alarm["MetricName"]) == (metrics.namespace, "SweepFindings")
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": metrics.service}]
+    assert (alarm["Statistic"], alarm["Threshold"], alarm["ComparisonOperator"]) == ("Sum", 0, "GreaterThanThreshold")
+    assert alarm["TreatMissingData"] == "notBreaching"
+    handler = (ROOT / "functions" / "sweeper" / "handler.py").read_text()
+    for name in ("SweepFindings", "SweptAttempts"):
+        assert f'name="{name}"' in handler, name
+
+
+def test_the_transformed_sweeper_is_an_eventbridge_schedule_with_no_retries(monkeypatch):
+    resources = _transformed(monkeypatch)
+    rule = resources["SweeperFunctionSweep"]
+    assert rule["Type"] == "AWS::Events::Rule"
+    assert "Condition" not in rule  # every stack sweeps
+    assert rule["Properties"]["ScheduleExpression"] == {"Ref": "SweepSchedule"}
+    assert resources["SweeperFunctionEventInvokeConfig"]["Properties"]["MaximumRetryAttempts"] == 0

@@ -41,8 +41,9 @@ KINDS = {
 def test_every_event_fixture_is_covered_here() -> None:
     fixtures = {path.name for path in EVENTS.glob("*.json")} - {
         "env.json",
-        "r2-queue-poll.json",
-    }  # the poller's event: tests/e2e/test_r2_queue_poller.py
+        "r2-queue-poll.json",  # the poller's event: tests/e2e/test_r2_queue_poller.py
+        "sweeper-schedule.json",  # SweeperFunction's schedule: tests/integration/test_sweeper.py
+    }
     # CheckpointApiFunction's HTTP API events: tests/e2e/test_checkpoint_api.py
     fixtures -= {path.name for path in EVENTS.glob("api-*.json")}
     assert fixtures == set(KINDS)

@@ -31,6 +31,8 @@ class Settings:
     uri_scheme: str = "r2"
     # "s3" or "r2": whose documented limits every storage call respects; None = decided by the endpoint.
     storage_profile: str | None = None
+    # After a committed promotion, delete the staged best.pt/last.pt it let go of (ckpt.contract.cleanup).
+    delete_staged_after_promotion: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -47,6 +49,9 @@ class Settings:
             canonical_prefix=value("CANONICAL_PREFIX", "checkpoints/") or "checkpoints/",
             uri_scheme=value("CHECKPOINT_URI_SCHEME", "r2") or "r2",
             storage_profile=value("STORAGE_PROFILE"),
+            delete_staged_after_promotion=_flag(
+                "DELETE_STAGED_AFTER_PROMOTION", value("DELETE_STAGED_AFTER_PROMOTION")
+            ),
         )
 
     def profile(self) -> StorageProfile:
@@ -65,6 +70,20 @@ class Settings:
             )
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from None
+
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
+def _flag(name: str, value: str | None) -> bool:
+    """A yes/no setting; unset is no. Any other word is refused rather than guessed (this one turns deletions on)."""
+    if value is None:
+        return False
+    word = value.strip().lower()
+    if word in _TRUE | _FALSE:
+        return word in _TRUE
+    raise ConfigurationError(f"{name} must be true or false, got {shown(value)}")
 
 
 def _json_object(secret: str | Mapping[str, Any], what: str) -> Mapping[str, Any]:

@@ -12,6 +12,7 @@ from ckpt.adapters.db.store import PromotionStore
 from ckpt.adapters.storage import S3Storage, make_client
 from ckpt.config import Settings, database_url_from_secret, storage_credentials_from_secret
 from ckpt.errors import ConfigurationError
+from ckpt.promotion.cleanup import StagingCleanup
 from ckpt.promotion.promoter import Promoter
 
 SecretReader = Callable[[str], str]
@@ -51,9 +52,10 @@ def build_promoter(settings: Settings, engine: Engine, read_secret: SecretReader
     store = PromotionStore(engine)
     check_schema(store)
     client = s3_client(settings, read_secret)
-    return Promoter(
-        layout=settings.layout(), storage=S3Storage(client, settings.bucket, profile=settings.profile()), store=store
-    )
+    layout = settings.layout()
+    storage = S3Storage(client, settings.bucket, profile=settings.profile())
+    cleanup = StagingCleanup(layout, storage) if settings.delete_staged_after_promotion else None
+    return Promoter(layout=layout, storage=storage, store=store, cleanup=cleanup)
 
 
 def check_schema(store: PromotionStore) -> None:

@@ -14,6 +14,8 @@ import random
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import boto3
@@ -299,3 +301,54 @@ class S3Storage:
         except ObjectMissing:
             return False
         return True
+
+    def delete(self, key: str, etag: str) -> None:
+        """Delete ``key`` only while its current version is ``etag``: S3's conditional delete (If-Match) answers
+        412 when it changed (raised as ``ObjectChanged``) and 404 when it is gone (``ObjectMissing``). In a
+        versioned bucket this writes a delete marker; the bytes stay a noncurrent version until the lifecycle
+        expires them. Callers compare the ETag from a HEAD first: a store that refuses the condition as
+        501 NotImplemented is then asked again without it, the HEAD having checked the version; one that ignores
+        it deletes on that check alone."""
+        with translated_errors(key):
+            try:
+                self._s3.delete_object(Bucket=self.bucket, Key=key, IfMatch=etag)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "NotImplemented":
+                    raise
+                self._s3.delete_object(Bucket=self.bucket, Key=key)
+
+    def create(self, key: str, body: bytes, content_type: str) -> bool:
+        """Write ``key`` only if no object has it yet (``If-None-Match: *``, which S3 and R2 honour): True when
+        written, False when an object was already there (412), and nothing was written. Of two writers racing
+        on one key, the first wins; a plain PUT after it still replaces it. (The sweeper's manifests.)"""
+        try:
+            with translated_errors(key):
+                self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type, IfNoneMatch="*")
+        except ObjectChanged:  # translated from 412 PreconditionFailed: the key exists
+            return False
+        return True
+
+    # --- listing (operations: backfill, migration, sweeper) ------------------------------------------------
+
+    def list_objects(self, prefix: str) -> Iterator[ListedObject]:
+        """Every object under ``prefix``, page by page (ListObjectsV2, 1,000 keys a request), in key order."""
+        with translated_errors(prefix):
+            paginator = self._s3.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    yield ListedObject(
+                        key=item["Key"],
+                        size=int(item["Size"]),
+                        etag=item["ETag"],
+                        last_modified=item["LastModified"],
+                    )
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    """An object as a listing shows it (no checksum, no metadata: a HEAD tells those)."""
+
+    key: str
+    size: int
+    etag: str
+    last_modified: datetime  # with a time zone (UTC), as boto3 parses it

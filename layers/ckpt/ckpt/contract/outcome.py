@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from ckpt.contract.cleanup import CleanupReport
 from ckpt.contract.keys import AttemptRef, CheckpointName
 from ckpt.text import bounded, escaped
 
@@ -59,6 +61,20 @@ class Outcome:
     row_paths: dict[int, str] = field(default_factory=dict)
     # epochs that should carry a path but have no validation_results row
     missing_rows: list[int] = field(default_factory=list)
+    # The manifest's finished_at (when training ended, by the trainer's clock), once the manifest is read.
+    finished_at: datetime | None = None
+    # When the promotion's transaction committed (the function's clock); set on promoted outcomes only.
+    committed_at: datetime | None = None
+    # What the cleanup after the commit did (DELETE_STAGED_AFTER_PROMOTION); None when it did not run.
+    cleanup: CleanupReport | None = None
+
+    def promotion_latency(self) -> timedelta | None:
+        """From the end of training to the commit that made its checkpoints canonical, for a promotion whose
+        manifest says when training ended. Two clocks are involved: a trainer's clock ahead of the function's
+        cannot make the promotion happen before training ended, so a negative difference counts as zero."""
+        if self.status is not Status.PROMOTED or self.finished_at is None or self.committed_at is None:
+            return None
+        return max(self.committed_at - self.finished_at, timedelta(0))
 
     def details(self) -> dict[str, Any]:
         """The JSON-ready part of the record that has no column of its own."""

@@ -12,15 +12,18 @@ Order of work, and why:
    ETag) to its canonical key, check the copy, then set the rows, the job state and the record in the same
    transaction. Holding the lock across the copies is what keeps an older attempt, or an older version of
    the same attempt's manifest, from overwriting what a newer one promoted.
-Staged files are never deleted here.
+5. Only once that transaction has committed, and only with a ``cleanup`` (DELETE_STAGED_AFTER_PROMOTION): delete
+   the staged files the promotion let go of (``ckpt.contract.cleanup`` says which). Nothing before the commit
+   deletes anything, and nothing the cleanup does can change the outcome.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 from ckpt.contract.keys import AttemptRef, CheckpointName, JobRef, Layout, NotAManifest, OutsideStaging
 from ckpt.contract.manifest import (
@@ -45,6 +48,7 @@ from ckpt.contract.rules import (
     target_epochs,
 )
 from ckpt.errors import ObjectChanged, ObjectMissing, Rejected
+from ckpt.promotion.cleanup import StagingCleanup
 from ckpt.promotion.ports import CopiedObject, JobTransaction, ObjectInfo, Storage, Store
 from ckpt.text import shown
 
@@ -72,11 +76,25 @@ class Duplicate:
     settled: bool  # nothing to write but the record: the rows and the state already hold it
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 class Promoter:
-    def __init__(self, layout: Layout, storage: Storage, store: Store) -> None:
+    def __init__(
+        self,
+        layout: Layout,
+        storage: Storage,
+        store: Store,
+        *,
+        cleanup: StagingCleanup | None = None,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
         self.layout = layout
         self.storage = storage
         self.store = store
+        self.cleanup = cleanup  # None: staged files are never deleted (the default)
+        self.clock = clock
 
     # --- entry points --------------------------------------------------------------------------------
 
@@ -134,9 +152,23 @@ class Promoter:
     # --- the promotion -------------------------------------------------------------------------------
 
     def _promote(self, base: Outcome, ref: AttemptRef, *, force: bool, dry_run: bool) -> Outcome:
-        manifest, manifest_sha256, manifest_etag = self._read_manifest(base.manifest_key, ref)
+        raw, manifest_etag = self._read_manifest(base.manifest_key)
+        manifest_sha256 = hashlib.sha256(raw).hexdigest()
+        # From here a rejection is recorded with the digest of the bytes it judged, so ``ckpt backfill`` knows this
+        # manifest was answered (and a re-staged one, with other bytes, is new).
         base = replace(base, manifest_sha256=manifest_sha256)
+        try:
+            manifest = self._parse_manifest(raw, ref)
+            base = replace(base, finished_at=manifest.finished_at)
+            return self._promote_manifest(base, ref, manifest, manifest_etag, force=force, dry_run=dry_run)
+        except Rejected as exc:
+            return self._finish(replace(base, reason=exc.reason), dry_run)
 
+    def _promote_manifest(
+        self, base: Outcome, ref: AttemptRef, manifest: Manifest, manifest_etag: str, *, force: bool, dry_run: bool
+    ) -> Outcome:
+        assert base.manifest_sha256 is not None
+        manifest_sha256 = base.manifest_sha256
         early = self.store.snapshot(ref.job)
         decision = self._decide(early.state, ref, manifest_sha256, force)
         if dry_run:
@@ -181,7 +213,12 @@ class Promoter:
                 project_id=ref.job.project_id, attempt=ref.attempt, manifest_sha256=manifest_sha256, epochs=targets
             )
             tx.write(outcome, outcome.row_paths, state)
-        return self._logged(outcome)
+            copied = {file.source.key: file.source.etag for file in verified}
+        # Committed: the block ended without raising. Nothing below can change the outcome, only report on it.
+        outcome = self._logged(replace(outcome, committed_at=self.clock()))
+        if self.cleanup is not None:
+            outcome = replace(outcome, cleanup=self.cleanup.after_commit(ref, copied))
+        return outcome
 
     @staticmethod
     def _write(
@@ -190,18 +227,21 @@ class Promoter:
         tx.write(outcome, paths, state)
         return outcome
 
-    def _read_manifest(self, key: str, ref: AttemptRef) -> tuple[Manifest, str, str]:
-        """The manifest, the SHA-256 of its bytes and the ETag of the version read."""
+    def _read_manifest(self, key: str) -> tuple[bytes, str]:
+        """The manifest's bytes (at most one more than the limit) and the ETag of the version read."""
         try:
-            raw, etag = self.storage.read(key, MAX_MANIFEST_BYTES)
+            return self.storage.read(key, MAX_MANIFEST_BYTES)
         except ObjectMissing:
             raise Rejected(f"there is no manifest at {key} (never staged, or deleted since)") from None
+
+    @staticmethod
+    def _parse_manifest(raw: bytes, ref: AttemptRef) -> Manifest:
         try:
             manifest = parse_manifest(raw)
             check_matches_key(manifest, ref)
         except ManifestError as exc:
             raise Rejected(str(exc)) from None
-        return manifest, hashlib.sha256(raw).hexdigest(), etag
+        return manifest
 
     def _stale_reason(self, key: str, etag_read: str) -> tuple[Status, str] | None:
         """Why the manifest read is no longer the one in staging, or None while it still is.

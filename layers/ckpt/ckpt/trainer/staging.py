@@ -4,6 +4,7 @@ manifest last (its creation is the completion event), and choose the attempt num
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -11,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from ckpt.adapters.storage import S3Storage, translated_errors
-from ckpt.contract.keys import MAX_ID, AttemptRef, CheckpointName, JobRef, Layout, parse_id
+from ckpt.contract.keys import CHECKPOINT_NAMES, MAX_ID, AttemptRef, CheckpointName, JobRef, Layout, parse_id
 from ckpt.contract.manifest import CheckpointEntry, Checkpoints, Manifest, Metric, Status
+from ckpt.errors import ObjectMissing, StorageUnavailable
 from ckpt.text import bounded, escaped
 from ckpt.trainer.upload import Uploaded, Uploader, UploadPolicy
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -95,17 +99,50 @@ def stage_attempt(
 
 
 def next_attempt(client: Any, layout: Layout, job: JobRef) -> int:
-    """One more than the highest attempt already staged for the job (1 for a new job).
+    """One more than the highest attempt of the job, staged or promoted (1 for a new job).
 
     Called when a run starts, so every restart or resume of a job stages into a folder of its own and a
-    later attempt supersedes an earlier one. Two runs of one job started at the same moment would pick the
-    same number: give ``attempt`` explicitly (or CKPT_ATTEMPT) where a scheduler can.
+    later attempt supersedes an earlier one. Staged: the job's attempt folders. Promoted: the ``attempt``
+    metadata the promotion writes on the canonical best.pt and last.pt, because staging does not keep
+    everything (the staging lifecycle rule can empty it), and a run numbered below the promoted attempt would be
+    ``superseded`` by its own job's past (one numbered as it, taken for a re-staging of it). Two runs of one job
+    started at the same moment would pick the same number: give ``attempt`` explicitly (or CKPT_ATTEMPT) where a
+    scheduler can.
     """
-    folders = S3Storage(client, layout.bucket).list_folders(layout.job_staging_folder(job))
-    highest = max(layout.attempts_in(folders), default=0)
+    storage = S3Storage(client, layout.bucket)
+    staged = max(layout.attempts_in(storage.list_folders(layout.job_staging_folder(job))), default=0)
+    highest = max(staged, promoted_attempt(storage, layout, job))
     if highest == MAX_ID:
-        raise ValueError(f"{job} has staged attempt {MAX_ID}, the largest there can be: give the attempt explicitly")
+        raise ValueError(f"{job} has attempt {MAX_ID}, the largest there can be: give the attempt explicitly")
     return highest + 1
+
+
+def promoted_attempt(storage: S3Storage, layout: Layout, job: JobRef) -> int:
+    """The highest attempt recorded on the job's canonical checkpoints (0 when none is promoted).
+
+    Read from the objects, not the database: trainers have the store, not necessarily the database. A file a
+    later promotion did not list keeps the attempt that wrote it, so both files are read and the higher wins.
+    Metadata that is no attempt (an object written by hand) counts as none. Keys that may not read the canonical
+    prefix (a HEAD refused) number from staging alone, as before, with a warning: refusing to stage would lose
+    the run's checkpoints, where a wrong number is recorded as ``superseded`` and can be staged again."""
+    attempts = [0]
+    for name in CHECKPOINT_NAMES:
+        key = layout.canonical_key(job, name)
+        try:
+            metadata = storage.head(key).metadata
+        except ObjectMissing:
+            continue
+        except StorageUnavailable as exc:
+            log.warning(
+                "could not read the promoted attempt of %s from %s (%s): numbering from staging alone; give the "
+                "trainer's keys read access (HEAD) to the canonical prefix",
+                job,
+                key,
+                exc,
+            )
+            continue
+        attempts.append(parse_id(str(metadata.get("attempt", ""))) or 0)
+    return max(attempts)
 
 
 def resolve_attempt(client: Any, layout: Layout, job: JobRef, explicit: int | None, from_env: str | None) -> int:

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Float,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
@@ -60,6 +61,33 @@ promotions = Table(
     Column("last_epoch", Integer, nullable=True),
     Column("details", JSON, nullable=False),
     Index("ix_ckpt_promotions_job", "job_id", "created_at"),
+)
+
+# `ckpt migrate-local-paths`: each run that cleared validation_results.checkpoint_path values that were no
+# promotion's URI (the local paths of the platform's old behaviour), and every value it cleared, so a run can be
+# audited, and undone by hand if need be.
+path_migrations = Table(
+    "ckpt_path_migrations",
+    service_metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("kept_schemes", String(255), nullable=False),  # the URI schemes left alone, e.g. "r2"
+    Column("rows_cleared", Integer, nullable=False),
+    Column("jobs_affected", Integer, nullable=False),
+    Column("details", JSON, nullable=False),  # {"per_job": {"41": 5, …}}
+)
+
+cleared_paths = Table(
+    "ckpt_cleared_paths",
+    service_metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("migration_id", BigInteger, ForeignKey("ckpt_path_migrations.id"), nullable=False),
+    # validation_results.id, deliberately without a foreign key: the platform's rows stay the platform's to delete.
+    Column("validation_result_id", BigInteger, nullable=False),
+    Column("job_id", BigInteger, nullable=False),
+    Column("epoch", Integer, nullable=False),
+    Column("checkpoint_path", String(500), nullable=False),  # the value cleared
+    Index("ix_ckpt_cleared_paths_migration", "migration_id"),
 )
 
 platform_metadata = MetaData()

@@ -1,0 +1,1 @@
+"""SweeperFunction: writes the `abandoned` manifest of attempts whose trainer died without one."""
