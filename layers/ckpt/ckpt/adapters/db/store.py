@@ -37,7 +37,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from ckpt.adapters.db.schema import job_state, promotions, validation_results
@@ -208,6 +207,9 @@ def _write(
             connection.execute(rows)
         record_id = int(connection.execute(record).scalar_one())
         if state is not None and job_id is not None:
+            # Imported here: the SQLite dialect is the local default, and a function on PostgreSQL need not load it.
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
             connection.execute(_save_state(sqlite_insert(job_state), job_id, state, literal(record_id)))
         return record_id
     recorded = record.cte("recorded")
