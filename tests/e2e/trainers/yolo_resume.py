@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from tests.e2e.trainers.yolo_train import make_dataset
+from tests.e2e.trainers.yolo_train import announce, make_dataset, train
 
 
 def main() -> int:
@@ -39,28 +39,9 @@ def main() -> int:
     data = make_dataset(args.workdir / "dataset")
     model = YOLO("yolo11n.yaml")
 
-    def announce(trainer) -> None:  # type: ignore[no-untyped-def]
-        fitness = None if trainer.fitness is None else float(trainer.fitness)
-        print(f"epoch {trainer.epoch + 1} fitness {fitness} best={trainer.best_fitness == trainer.fitness}", flush=True)
-
     model.add_callback("on_model_save", announce)
     with staged_training(model, project_id=args.project_id, job_id=args.job_id, resume=args.resume):
-        model.train(
-            data=str(data),
-            epochs=args.epochs,
-            imgsz=64,
-            batch=4,
-            workers=0,
-            device="cpu",
-            plots=False,
-            amp=False,
-            project=str(args.workdir / "runs"),
-            name=f"job_{args.job_id}",
-            exist_ok=True,
-            verbose=False,
-            seed=0,
-            deterministic=True,
-        )
+        train(model, data, args.workdir, args.epochs, args.job_id)
     print(f"save_dir {model.trainer.save_dir}", flush=True)
     return 0
 

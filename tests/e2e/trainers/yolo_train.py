@@ -38,6 +38,33 @@ def make_dataset(root: Path, images: int = 8, size: int = 64) -> Path:
     return data
 
 
+def announce(trainer) -> None:  # type: ignore[no-untyped-def]
+    """One line per saved epoch, so a test can follow (and interrupt) the training."""
+    fitness = None if trainer.fitness is None else float(trainer.fitness)
+    best = trainer.best_fitness == trainer.fitness
+    print(f"epoch {trainer.epoch + 1} fitness {fitness} best={best}", flush=True)
+
+
+def train(model, data: Path, workdir: Path, epochs: int, job_id: int) -> None:  # type: ignore[no-untyped-def]
+    """The tests' training: tiny, on the CPU, deterministic, into WORKDIR/runs/job_{job_id}."""
+    model.train(
+        data=str(data),
+        epochs=epochs,
+        imgsz=64,
+        batch=4,
+        workers=0,
+        device="cpu",
+        plots=False,
+        amp=False,
+        project=str(workdir / "runs"),
+        name=f"job_{job_id}",
+        exist_ok=True,
+        verbose=False,
+        seed=0,
+        deterministic=True,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("workdir", type=Path)
@@ -55,11 +82,6 @@ def main() -> int:
     data = make_dataset(args.workdir / "dataset")
     model = YOLO("yolo11n.yaml")
 
-    def announce(trainer) -> None:
-        fitness = None if trainer.fitness is None else float(trainer.fitness)
-        best = trainer.best_fitness == trainer.fitness
-        print(f"epoch {trainer.epoch + 1} fitness {fitness} best={best}", flush=True)
-
     model.add_callback("on_model_save", announce)
     staging = (
         contextlib.nullcontext()
@@ -67,22 +89,7 @@ def main() -> int:
         else staged_training(model, project_id=args.project_id, job_id=args.job_id)
     )
     with staging:
-        model.train(
-            data=str(data),
-            epochs=args.epochs,
-            imgsz=64,
-            batch=4,
-            workers=0,
-            device="cpu",
-            plots=False,
-            amp=False,
-            project=str(args.workdir / "runs"),
-            name=f"job_{args.job_id}",
-            exist_ok=True,
-            verbose=False,
-            seed=0,
-            deterministic=True,
-        )
+        train(model, data, args.workdir, args.epochs, args.job_id)
     print(f"weights {args.workdir / 'runs' / f'job_{args.job_id}' / 'weights'}", flush=True)
     return 0
 

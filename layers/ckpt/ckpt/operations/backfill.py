@@ -28,14 +28,14 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from sqlalchemy import Engine, select
-from sqlalchemy.exc import SQLAlchemyError
 
+from ckpt.adapters.db.errors import database_errors
 from ckpt.adapters.db.schema import promotions
 from ckpt.adapters.storage import ListedObject
 from ckpt.contract.keys import MANIFEST_FILE, AttemptRef, Layout, LayoutError
 from ckpt.contract.manifest import MAX_MANIFEST_BYTES
 from ckpt.contract.outcome import Outcome, Status
-from ckpt.errors import DatabaseUnavailable, ObjectMissing, TransientError
+from ckpt.errors import ObjectMissing, TransientError
 from ckpt.operations.sweep import parse_duration
 from ckpt.promotion.promoter import Promoter
 
@@ -162,7 +162,7 @@ def recorded_digests(engine: Engine, bucket: str, keys: Sequence[str]) -> dict[s
     bytes, and are left out)."""
     columns = promotions.c
     found: dict[str, set[str]] = {}
-    with _database_errors(), engine.connect() as connection:
+    with database_errors(), engine.connect() as connection:
         for start in range(0, len(keys), KEYS_PER_QUERY):
             chunk = list(keys[start : start + KEYS_PER_QUERY])
             query = (
@@ -262,12 +262,3 @@ def progress_bar(total: int, enabled: bool | None, label: str = "backfill") -> I
     disable = None if enabled is None else not enabled  # None: tqdm shows it only on a terminal
     with tqdm(total=total, desc=label, unit="manifest", file=sys.stderr, disable=disable) as bar:
         yield Progress(advance=lambda: bar.update(1), write=lambda line: tqdm.write(line, file=sys.stdout))
-
-
-@contextmanager
-def _database_errors() -> Iterator[None]:
-    try:
-        yield
-    except SQLAlchemyError as exc:
-        cause = getattr(exc, "orig", None) or exc
-        raise DatabaseUnavailable(f"database error: {type(cause).__name__}: {cause}") from exc

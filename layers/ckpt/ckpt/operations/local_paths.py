@@ -35,8 +35,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, inspect, select, update
-from sqlalchemy.exc import SQLAlchemyError
 
+from ckpt.adapters.db.errors import database_errors
 from ckpt.adapters.db.schema import cleared_paths, path_migrations, promotions, validation_results
 from ckpt.contract.keys import JobRef, Layout, LayoutError
 from ckpt.contract.outcome import Outcome, Status
@@ -136,7 +136,7 @@ class LocalPathPlan:
 def plan_local_paths(engine: Engine, layout: Layout) -> LocalPathPlan:
     """What a run would clear, read without changing anything (the dry run)."""
     check_tables(engine)
-    with _database_errors(), engine.connect() as connection:
+    with database_errors(), engine.connect() as connection:
         return _plan(connection, kept_schemes(layout.uri_scheme), lock=False)
 
 
@@ -166,7 +166,7 @@ def clear_local_paths(
     """Clear them, and record it, in one transaction: the plan is read again inside it with the rows locked."""
     check_tables(engine)
     schemes = kept_schemes(layout.uri_scheme)
-    with _database_errors(), _transaction(engine) as connection:
+    with database_errors(), _transaction(engine) as connection:
         plan = _plan(connection, schemes, lock=True)
         if not plan.rows:
             return ClearedLocalPaths(plan=plan, migration_id=None)
@@ -190,7 +190,7 @@ def clear_local_paths(
 
 def check_tables(engine: Engine) -> None:
     """The tables a run reads and writes must be there: the record's come with ``ckpt db upgrade`` (revision 0002)."""
-    with _database_errors(), engine.connect() as connection:
+    with database_errors(), engine.connect() as connection:
         existing = set(inspect(connection).get_table_names())
     missing = sorted({validation_results.name, promotions.name, path_migrations.name, cleared_paths.name} - existing)
     if missing:
@@ -317,12 +317,3 @@ def _transaction(engine: Engine) -> Iterator[Connection]:
         engine = engine.execution_options(isolation_level="READ COMMITTED")
     with engine.begin() as connection:
         yield connection
-
-
-@contextmanager
-def _database_errors() -> Iterator[None]:
-    try:
-        yield
-    except SQLAlchemyError as exc:
-        cause = getattr(exc, "orig", None) or exc
-        raise DatabaseUnavailable(f"database error: {type(cause).__name__}: {cause}") from exc

@@ -14,19 +14,17 @@ Without ``--project-id`` the job's project is the one its record names (test job
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, select
-from sqlalchemy.exc import SQLAlchemyError
 
+from ckpt.adapters.db.errors import database_errors
 from ckpt.adapters.db.schema import job_state, promotions
 from ckpt.adapters.db.store import PromotionStore
 from ckpt.contract.keys import JobRef, Layout
-from ckpt.errors import DatabaseUnavailable
 from ckpt.promotion.promoted import JobInAnotherProject, NotPromoted, PromotedJob, UnknownJob, read_promoted
 
 # The platform UI's rule: a checkpoint is in durable storage when its path is an r2:// URI.
@@ -306,7 +304,7 @@ def read_status(
 def recorded_project(engine: Engine, job_id: int) -> int | None:
     """The project the job's record names: its promotion state's, else its newest record's; None for a test job
     or a job the service has no record of."""
-    with _database_errors(), engine.connect() as connection:
+    with database_errors(), engine.connect() as connection:
         state = connection.execute(select(job_state.c.project_id).where(job_state.c.job_id == job_id)).first()
         if state is not None:
             return state[0]
@@ -321,14 +319,5 @@ def recorded_project(engine: Engine, job_id: int) -> int | None:
 
 def _checksum_sources(engine: Engine, promotion_ids: set[int]) -> dict[int, dict[str, str]]:
     query = select(promotions.c.id, promotions.c.details).where(promotions.c.id.in_(sorted(promotion_ids)))
-    with _database_errors(), engine.connect() as connection:
+    with database_errors(), engine.connect() as connection:
         return {int(record_id): checksum_sources_of(details) for record_id, details in connection.execute(query)}
-
-
-@contextmanager
-def _database_errors() -> Iterator[None]:
-    try:
-        yield
-    except SQLAlchemyError as exc:
-        cause = getattr(exc, "orig", None) or exc
-        raise DatabaseUnavailable(f"database error: {type(cause).__name__}: {cause}") from exc

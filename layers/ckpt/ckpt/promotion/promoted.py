@@ -22,19 +22,18 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, select
-from sqlalchemy.exc import SQLAlchemyError
 
+from ckpt.adapters.db.errors import database_errors
 from ckpt.adapters.db.schema import job_state, promotions, validation_results
 from ckpt.adapters.storage import translated_errors
 from ckpt.contract.keys import CHECKPOINT_NAMES, CheckpointName, JobRef, Layout
 from ckpt.contract.outcome import Status
-from ckpt.errors import DatabaseUnavailable, ObjectMissing, TransientError
+from ckpt.errors import ObjectMissing, TransientError
 
 # --- the answer ----------------------------------------------------------------------------------------------
 
@@ -229,7 +228,7 @@ def read_promoted(engine: Engine, layout: Layout, job: JobRef) -> PromotedJob:
 
     Raises a ``NotPromoted`` subclass (unknown job, nothing promoted, another project's job) with the reason,
     and ``DatabaseUnavailable`` when the database cannot be read."""
-    with _database_errors(), engine.connect() as connection:
+    with database_errors(), engine.connect() as connection:
         state = _state(connection, job.job_id)
         if state is None:
             raise _why_nothing(connection, job)
@@ -307,15 +306,6 @@ def _why_nothing(connection: Connection, job: JobRef) -> NotPromoted:
     if connection.execute(select(rows.id).where(rows.job_id == job.job_id).limit(1)).first() is not None:
         return NothingPromoted(f"{job} has no promoted checkpoints yet")
     return UnknownJob(f"{job} is unknown: it has no validation results and no promotion record")
-
-
-@contextmanager
-def _database_errors() -> Iterator[None]:
-    try:
-        yield
-    except SQLAlchemyError as exc:
-        cause = getattr(exc, "orig", None) or exc
-        raise DatabaseUnavailable(f"database error: {type(cause).__name__}: {cause}") from exc
 
 
 # --- download links ---------------------------------------------------------------------------------------------

@@ -37,13 +37,12 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
+from ckpt.adapters.db.errors import database_errors
 from ckpt.adapters.db.schema import job_state, promotions, validation_results
 from ckpt.contract.keys import JobRef
 from ckpt.contract.outcome import Outcome
 from ckpt.contract.rules import EpochMetric, JobSnapshot, JobState
-from ckpt.errors import DatabaseUnavailable, Rejected
 from ckpt.text import bounded, escaped
 
 
@@ -70,36 +69,36 @@ class PromotionStore:
     @contextmanager
     def job(self, job: JobRef) -> Iterator[JobTransaction]:
         """A transaction holding ``job``'s lock; committed when the block ends, rolled back if it raises."""
-        with _translated(), self._transaction() as connection:
+        with database_errors(), self._transaction() as connection:
             _lock_job(connection, job.job_id)
             yield JobTransaction(connection, job)
 
     def snapshot(self, job: JobRef) -> JobSnapshot:
         """The job as recorded, read without a lock (a cheap early answer; the lock re-checks)."""
-        with _translated(), self._single() as connection:
+        with database_errors(), self._single() as connection:
             return _read_snapshot(connection, job.job_id)
 
     def record(self, outcome: Outcome) -> int:
         """Record an outcome that needs no lock (rejected, superseded, a duplicate whose rows are right)."""
-        with _translated(), self._single() as connection:
+        with database_errors(), self._single() as connection:
             return _write(connection, None, outcome, None, None)
 
     def history(self, job_id: int | None = None, limit: int = 50) -> list[dict[str, Any]]:
         query = select(promotions).order_by(promotions.c.id.desc()).limit(limit)
         if job_id is not None:
             query = query.where(promotions.c.job_id == job_id)
-        with _translated(), self._single() as connection:
+        with database_errors(), self._single() as connection:
             return [dict(row) for row in connection.execute(query).mappings()]
 
     def checkpoint_paths(self, job_id: int) -> list[tuple[int, float | None, str | None]]:
         """The job's validation_results as (epoch, metric, checkpoint_path), for display."""
         rows = validation_results.c
         query = select(rows.epoch, rows.primary_metric_value, rows.checkpoint_path).where(rows.job_id == job_id)
-        with _translated(), self._single() as connection:
+        with database_errors(), self._single() as connection:
             return [tuple(row) for row in connection.execute(query.order_by(rows.epoch))]  # type: ignore[misc]
 
     def missing_tables(self) -> list[str]:
-        with _translated(), self._single() as connection:
+        with database_errors(), self._single() as connection:
             existing = set(inspect(connection).get_table_names())
         return sorted({job_state.name, promotions.name, validation_results.name} - existing)
 
@@ -273,25 +272,3 @@ def _column_text(column: Column[Any], text: str) -> str:
     """``text`` as the column can hold it (the log keeps the original)."""
     limit = getattr(column.type, "length", None)
     return bounded(escaped(text), limit) if limit else escaped(text)
-
-
-@contextmanager
-def _translated() -> Iterator[None]:
-    try:
-        yield
-    except SQLAlchemyError as exc:
-        if _refuses_the_data(exc):
-            # The database refuses these values, and will again: retrying cannot help.
-            raise Rejected(f"the database refused the promotion: {getattr(exc, 'orig', exc)}") from exc
-        cause = getattr(exc, "orig", None) or exc
-        raise DatabaseUnavailable(f"database error: {type(cause).__name__}: {cause}") from exc
-
-
-def _refuses_the_data(exc: SQLAlchemyError) -> bool:
-    """Data exceptions (SQLSTATE class 22) and integrity violations (23): permanent, unlike a lost connection.
-    pg8000 reports them as ProgrammingError carrying the SQLSTATE; other drivers as DataError/IntegrityError."""
-    if isinstance(exc, (DataError, IntegrityError)):
-        return True
-    orig = getattr(exc, "orig", None)
-    fields = orig.args[0] if orig is not None and orig.args and isinstance(orig.args[0], dict) else {}
-    return str(fields.get("C", "")).startswith(("22", "23"))
