@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,3 +132,26 @@ def self_signed_ca_pem(name: str) -> bytes:
         .sign(key, hashes.SHA256())
     )
     return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+@contextmanager
+def commit_fails(engine: Engine) -> Iterator[None]:
+    """Every commit on ``engine`` fails as a connection lost at commit would, for the block's duration: the
+    DBAPI's commit() (SQLite) and the COMMIT the store sends itself (PostgreSQL, whose engine is autocommit)."""
+    from sqlalchemy import event
+    from sqlalchemy.exc import OperationalError
+
+    def fail_commit(*_: Any) -> None:
+        raise OperationalError("COMMIT", {}, ConnectionError("injected: connection lost at commit"))
+
+    def fail_commit_statement(connection: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if statement == "COMMIT":
+            fail_commit()
+
+    event.listen(engine, "commit", fail_commit)
+    event.listen(engine, "before_cursor_execute", fail_commit_statement)
+    try:
+        yield
+    finally:
+        event.remove(engine, "commit", fail_commit)
+        event.remove(engine, "before_cursor_execute", fail_commit_statement)

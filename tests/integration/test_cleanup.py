@@ -8,15 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import event
-from sqlalchemy.exc import OperationalError
 
 from ckpt.contract.outcome import Status
 from ckpt.errors import DatabaseUnavailable, StorageUnavailable
 from ckpt.promotion.cleanup import StagingCleanup
 from ckpt.promotion.promoter import Promoter
 from ckpt.trainer.staging import Checkpoint, next_attempt
-from tests.support import BUCKET, JOB, add_epochs, attempt, canonical_bytes, records, weights
+from tests.support import BUCKET, JOB, add_epochs, attempt, canonical_bytes, commit_fails, records, weights
 
 FOLDER = "staging/projects/7/jobs/42/attempts"
 
@@ -104,21 +102,8 @@ def test_a_failure_at_commit_deletes_nothing_and_the_retry_cleans_up(epochs, cle
     trainer.finish(attempt(2))
     everything = staged(s3)
 
-    def fail_commit(*_: Any) -> None:
-        raise OperationalError("COMMIT", {}, ConnectionError("injected: connection lost at commit"))
-
-    def fail_commit_statement(connection: Any, cursor: Any, statement: str, *_: Any) -> None:
-        if statement == "COMMIT":  # PostgreSQL: the store sends COMMIT itself (autocommit engine)
-            fail_commit()
-
-    event.listen(engine, "commit", fail_commit)  # SQLite: the DBAPI's commit()
-    event.listen(engine, "before_cursor_execute", fail_commit_statement)
-    try:
-        with pytest.raises(DatabaseUnavailable, match="injected"):
-            promote(cleaning, 2)
-    finally:
-        event.remove(engine, "commit", fail_commit)
-        event.remove(engine, "before_cursor_execute", fail_commit_statement)
+    with commit_fails(engine), pytest.raises(DatabaseUnavailable, match="injected"):
+        promote(cleaning, 2)
 
     assert staged(s3) == everything  # the retry needs them: nothing went before the commit
     assert records(engine, 42) == []

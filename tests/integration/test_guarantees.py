@@ -8,14 +8,12 @@ import threading
 from typing import Any
 
 import pytest
-from sqlalchemy import event
-from sqlalchemy.exc import OperationalError
 
 from ckpt.contract.outcome import Status
 from ckpt.errors import DatabaseUnavailable, ObjectChanged, StorageUnavailable
 from ckpt.promotion.promoter import Promoter
 from ckpt.trainer.staging import Checkpoint
-from tests.support import JOB, add_epochs, attempt, canonical_bytes, paths, records, weights
+from tests.support import JOB, add_epochs, attempt, canonical_bytes, commit_fails, paths, records, weights
 
 URI_BEST = "r2://vision-platform-prod/checkpoints/projects/7/jobs/42/best.pt"
 URI_LAST = "r2://vision-platform-prod/checkpoints/projects/7/jobs/42/last.pt"
@@ -256,21 +254,11 @@ def test_a_failure_at_commit_leaves_the_database_as_it_was_and_a_retry_converges
     add_epochs(engine, 42, {18: 0.5, 20: 0.4})
     trainer.finish(attempt(1))
 
-    def fail_commit(*_: Any) -> None:
-        raise OperationalError("COMMIT", {}, ConnectionError("injected: connection lost at commit"))
-
-    def fail_commit_statement(connection: Any, cursor: Any, statement: str, *_: Any) -> None:
-        if statement == "COMMIT":  # PostgreSQL: the store sends COMMIT itself (autocommit engine)
-            fail_commit()
-
-    event.listen(engine, "commit", fail_commit)  # SQLite: the DBAPI's commit()
-    event.listen(engine, "before_cursor_execute", fail_commit_statement)
-    try:
-        with pytest.raises(DatabaseUnavailable, match="injected"):  # transient: the message is redelivered
-            promote(promoter)
-    finally:
-        event.remove(engine, "commit", fail_commit)
-        event.remove(engine, "before_cursor_execute", fail_commit_statement)
+    with (
+        commit_fails(engine),
+        pytest.raises(DatabaseUnavailable, match="injected"),
+    ):  # transient: the message is redelivered
+        promote(promoter)
     assert state(engine) == ({18: None, 20: None}, [])
     assert records(engine, 42) == []
 
