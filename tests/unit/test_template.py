@@ -47,20 +47,35 @@ def _resources() -> dict[str, Any]:
     return _template()["Resources"]
 
 
-def _role_statements() -> list[dict[str, Any]]:
-    [policy] = _resources()["PromoteCheckpointsRole"]["Properties"]["Policies"]
+def _unwrapped(entry: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """(condition name or None, item) of a list entry, plain or wrapped in !If [condition, item, NoValue]."""
+    if "Fn::If" not in entry:
+        return None, entry
+    condition, item, otherwise = entry["Fn::If"]
+    assert otherwise == {"Ref": "AWS::NoValue"}
+    return condition, item
+
+
+def _role_statements(role: str = "PromoteCheckpointsRole") -> list[dict[str, Any]]:
+    """The statements of ``role``'s inline policy, as the template writes them (some wrapped in !If)."""
+    [policy] = _resources()[role]["Properties"]["Policies"]
     return policy["PolicyDocument"]["Statement"]
 
 
+def _statement(sid: str, role: str = "PromoteCheckpointsRole") -> tuple[str | None, dict[str, Any]]:
+    """(condition name or None, statement) of ``role``'s statement ``sid``."""
+    for entry in _role_statements(role):
+        condition, statement = _unwrapped(entry)
+        if statement.get("Sid") == sid:
+            return condition, statement
+    raise AssertionError(f"no statement {sid} in {role}")
+
+
 def _conditional_statement(sid: str) -> tuple[str, dict[str, Any]]:
-    """(condition name, statement) of a role statement wrapped in !If [condition, statement, NoValue]."""
-    for entry in _role_statements():
-        if "Fn::If" in entry:
-            condition, statement, otherwise = entry["Fn::If"]
-            if statement.get("Sid") == sid:
-                assert otherwise == {"Ref": "AWS::NoValue"}
-                return condition, statement
-    raise AssertionError(f"no conditional statement {sid}")
+    """(condition name, statement) of a promotion role statement wrapped in !If [condition, statement, NoValue]."""
+    condition, statement = _statement(sid)
+    assert condition is not None, f"{sid} is not conditional"
+    return condition, statement
 
 
 def _lifecycle_rules() -> list[Any]:
@@ -70,13 +85,9 @@ def _lifecycle_rules() -> list[Any]:
 def _rule(rule_id: str) -> tuple[str | None, dict[str, Any]]:
     """(condition name or None, rule) of a lifecycle rule, plain or wrapped in !If."""
     for entry in _lifecycle_rules():
-        if "Fn::If" in entry:
-            condition, rule, otherwise = entry["Fn::If"]
-            assert otherwise == {"Ref": "AWS::NoValue"}
-            if rule["Id"] == rule_id:
-                return condition, rule
-        elif entry["Id"] == rule_id:
-            return None, entry
+        condition, rule = _unwrapped(entry)
+        if rule["Id"] == rule_id:
+            return condition, rule
     raise AssertionError(f"no lifecycle rule {rule_id}")
 
 
@@ -150,7 +161,7 @@ def test_noncurrent_checkpoint_versions_expire_after_the_parameters_days_and_cur
     assert rule["Prefix"] == {"Ref": "CanonicalPrefix"}
     assert rule["NoncurrentVersionExpiration"] == {"NoncurrentDays": {"Ref": "NoncurrentCheckpointDays"}}
     for entry in _lifecycle_rules():
-        some_rule = entry["Fn::If"][1] if "Fn::If" in entry else entry
+        _, some_rule = _unwrapped(entry)
         if some_rule.get("Prefix") == {"Ref": "StagingPrefix"}:
             continue  # staging may expire (StagingExpirationDays): no row names a staged file
         # an Expiration of current versions would delete the checkpoint a row names
@@ -270,24 +281,6 @@ def test_sam_validate_lint_passes():
 # --- R2: the Cloudflare Queue poller ------------------------------------------------------------------------
 
 
-def _poller_statements() -> list[dict[str, Any]]:
-    [policy] = _resources()["R2QueuePollerRole"]["Properties"]["Policies"]
-    return policy["PolicyDocument"]["Statement"]
-
-
-def _poller_statement(sid: str) -> tuple[str | None, dict[str, Any]]:
-    """(condition name or None, statement) of a poller role statement, plain or wrapped in !If."""
-    for entry in _poller_statements():
-        if "Fn::If" in entry:
-            condition, statement, otherwise = entry["Fn::If"]
-            assert otherwise == {"Ref": "AWS::NoValue"}
-            if statement.get("Sid") == sid:
-                return condition, statement
-        elif entry.get("Sid") == sid:
-            return None, entry
-    raise AssertionError(f"no poller statement {sid}")
-
-
 def test_the_r2_poller_exists_only_when_a_cloudflare_queue_is_named():
     template = _template()
     assert template["Parameters"]["CloudflareQueueId"]["Default"] == ""
@@ -382,7 +375,7 @@ def test_the_poller_batch_and_lease_stay_within_cloudflares_limits():
 
 
 def test_the_poller_role_is_scoped_like_the_promotion_role_with_no_queue_and_its_token_secret():
-    sids = [entry["Fn::If"][1]["Sid"] if "Fn::If" in entry else entry["Sid"] for entry in _poller_statements()]
+    sids = [_unwrapped(entry)[1]["Sid"] for entry in _role_statements("R2QueuePollerRole")]
     assert sids == [
         "WriteOwnLogs",
         "XRayTracing",
@@ -396,19 +389,23 @@ def test_the_poller_role_is_scoped_like_the_promotion_role_with_no_queue_and_its
         "UseCustomerManagedKeys",
         "VpcNetworkInterfaces",
     ]
-    assert "sqs:" not in json.dumps(_poller_statements())
+    assert "sqs:" not in json.dumps(_role_statements("R2QueuePollerRole"))
     promotion = {s["Sid"]: s for s in _role_statements() if "Sid" in s}
     for sid in ("XRayTracing", "ReadStaging", "ListBucketForNotFound", "WriteCanonical", "ReadDatabaseSecret"):
-        assert _poller_statement(sid) == (None, promotion[sid]), sid
-    assert _poller_statement("WriteOwnLogs")[1]["Resource"] == {"Fn::GetAtt": ["R2QueuePollerLogGroup", "Arn"]}
-    condition, token = _poller_statement("ReadCloudflareApiTokenSecret")
+        assert _statement(sid, "R2QueuePollerRole") == (None, promotion[sid]), sid
+    assert _statement("WriteOwnLogs", "R2QueuePollerRole")[1]["Resource"] == {
+        "Fn::GetAtt": ["R2QueuePollerLogGroup", "Arn"]
+    }
+    condition, token = _statement("ReadCloudflareApiTokenSecret", "R2QueuePollerRole")
     assert condition == "HasCloudflareApiToken"
     assert (token["Action"], token["Resource"]) == (
         "secretsmanager:GetSecretValue",
         {"Ref": "CloudflareApiTokenSecretArn"},
     )
-    assert _poller_statement("UseCustomerManagedKeys") == _conditional_statement("UseCustomerManagedKeys")
-    assert _poller_statement("DeleteStagedAfterPromotion") == _conditional_statement("DeleteStagedAfterPromotion")
+    assert _statement("UseCustomerManagedKeys", "R2QueuePollerRole") == _conditional_statement("UseCustomerManagedKeys")
+    assert _statement("DeleteStagedAfterPromotion", "R2QueuePollerRole") == _conditional_statement(
+        "DeleteStagedAfterPromotion"
+    )
 
 
 def test_the_transformed_poller_is_an_eventbridge_schedule_with_no_retries(monkeypatch):
@@ -437,23 +434,6 @@ def test_the_transformed_poller_is_an_eventbridge_schedule_with_no_retries(monke
 # --- the checkpoint API -------------------------------------------------------------------------------------------
 
 API_SECURITY = {"Fn::If": ["ApiUsesJwt", [{"jwt": []}], [{"sigv4": []}]]}
-
-
-def _api_statements() -> list[dict[str, Any]]:
-    [policy] = _resources()["CheckpointApiRole"]["Properties"]["Policies"]
-    return policy["PolicyDocument"]["Statement"]
-
-
-def _api_statement(sid: str) -> tuple[str | None, dict[str, Any]]:
-    for entry in _api_statements():
-        if "Fn::If" in entry:
-            condition, statement, otherwise = entry["Fn::If"]
-            assert otherwise == {"Ref": "AWS::NoValue"}
-            if statement.get("Sid") == sid:
-                return condition, statement
-        elif entry.get("Sid") == sid:
-            return None, entry
-    raise AssertionError(f"no checkpoint API statement {sid}")
 
 
 def _transformed(monkeypatch: pytest.MonkeyPatch, **parameters: str) -> dict[str, Any]:
@@ -551,7 +531,7 @@ def test_the_api_is_throttled_and_logs_every_request():
 
 
 def test_the_api_role_only_reads_the_canonical_checkpoints_and_its_secrets():
-    sids = [entry["Fn::If"][1]["Sid"] if "Fn::If" in entry else entry["Sid"] for entry in _api_statements()]
+    sids = [_unwrapped(entry)[1]["Sid"] for entry in _role_statements("CheckpointApiRole")]
     assert sids == [
         "WriteOwnLogs",
         "XRayTracing",
@@ -561,16 +541,16 @@ def test_the_api_role_only_reads_the_canonical_checkpoints_and_its_secrets():
         "DecryptWithCustomerManagedKeys",
         "VpcNetworkInterfaces",
     ]
-    _, canonical = _api_statement("ReadCanonical")
+    _, canonical = _statement("ReadCanonical", "CheckpointApiRole")
     assert canonical["Action"] == ["s3:GetObject", "s3:GetObjectVersion"]
     assert canonical["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:s3:::${BucketName}/${CanonicalPrefix}*"}
-    _, logs = _api_statement("WriteOwnLogs")
+    _, logs = _statement("WriteOwnLogs", "CheckpointApiRole")
     assert logs["Resource"] == {"Fn::GetAtt": ["CheckpointApiLogGroup", "Arn"]}
-    assert _api_statement("ReadDatabaseSecret")[1]["Resource"] == {"Ref": "DatabaseSecretArn"}
-    assert _api_statement("ReadStorageCredentialsSecret")[0] == "HasStorageCredentials"
-    condition, kms = _api_statement("DecryptWithCustomerManagedKeys")
+    assert _statement("ReadDatabaseSecret", "CheckpointApiRole")[1]["Resource"] == {"Ref": "DatabaseSecretArn"}
+    assert _statement("ReadStorageCredentialsSecret", "CheckpointApiRole")[0] == "HasStorageCredentials"
+    condition, kms = _statement("DecryptWithCustomerManagedKeys", "CheckpointApiRole")
     assert (condition, kms["Action"], kms["Resource"]) == ("HasKmsKeys", "kms:Decrypt", {"Ref": "KmsKeyArns"})
-    granted = json.dumps(_api_statements())
+    granted = json.dumps(_role_statements("CheckpointApiRole"))
     for action in ("s3:PutObject", "s3:DeleteObject", "s3:ListBucket", "sqs:", "kms:GenerateDataKey", "s3:*"):
         assert action not in granted, action
     assert "StagingPrefix" not in granted
@@ -624,7 +604,7 @@ def test_staging_expires_after_the_parameters_days_only_under_staging_and_never_
     # Nothing expires a current version anywhere else: no rule with an expiration of current versions lacks the
     # staging prefix (the canonical checkpoints are never deleted).
     for entry in _lifecycle_rules():
-        some_rule = entry["Fn::If"][1] if "Fn::If" in entry else entry
+        _, some_rule = _unwrapped(entry)
         if {"ExpirationInDays", "ExpirationDate"} & some_rule.keys():
             assert some_rule["Prefix"] == {"Ref": "StagingPrefix"}, some_rule["Id"]
 
@@ -637,12 +617,7 @@ def _iam_statements() -> list[tuple[str, str | None, dict[str, Any]]]:
             continue
         for policy in resource["Properties"].get("Policies", []):
             for entry in policy["PolicyDocument"]["Statement"]:
-                if "Fn::If" in entry:
-                    condition, statement, otherwise = entry["Fn::If"]
-                    assert otherwise == {"Ref": "AWS::NoValue"}
-                    found.append((name, condition, statement))
-                else:
-                    found.append((name, None, entry))
+                found.append((name, *_unwrapped(entry)))
     return found
 
 
@@ -673,17 +648,8 @@ def test_staged_files_are_deleted_only_with_the_parameter_and_only_under_staging
             "Resource": staging,
         }
     # The deletes are conditional on the ETag, which S3 checks with s3:GetObject on the same keys.
-    _, read = _conditional_statement_or_plain("ReadStaging")
+    _, read = _statement("ReadStaging")
     assert read["Action"] == "s3:GetObject" and read["Resource"] == staging
-
-
-def _conditional_statement_or_plain(sid: str) -> tuple[str | None, dict[str, Any]]:
-    [(condition, statement)] = [
-        (condition, statement)
-        for role, condition, statement in _iam_statements()
-        if role == "PromoteCheckpointsRole" and statement.get("Sid") == sid
-    ]
-    return condition, statement
 
 
 def test_both_functions_that_promote_are_told_whether_to_delete_staged_files():
@@ -826,16 +792,7 @@ def test_the_dashboard_has_the_pipeline_on_one_page():
 
 
 def _sweeper_statements() -> list[tuple[str | None, dict[str, Any]]]:
-    [policy] = _resources()["SweeperRole"]["Properties"]["Policies"]
-    statements = []
-    for entry in policy["PolicyDocument"]["Statement"]:
-        if "Fn::If" in entry:
-            condition, statement, otherwise = entry["Fn::If"]
-            assert otherwise == {"Ref": "AWS::NoValue"}
-            statements.append((condition, statement))
-        else:
-            statements.append((None, entry))
-    return statements
+    return [_unwrapped(entry) for entry in _role_statements("SweeperRole")]
 
 
 def test_the_sweeper_runs_the_shared_code_on_a_schedule_without_lambda_retries():
