@@ -306,3 +306,11 @@ def test_an_answer_that_is_not_json_is_a_transient_failure():
     queue = CloudflareQueue("a", "q", "tok", opener=lambda request, timeout: _FakeResponse(b"<html>"))
     with pytest.raises(QueueUnavailable, match="not JSON"):
         queue.pull(1, 1000)
+
+
+@pytest.mark.parametrize(
+    "secret", ['{"api_token": ' + "1" * 5000 + "}", "{" * 5000, '{"api_token": "a", "api_token": "b"}']
+)
+def test_a_token_secret_that_is_no_usable_json_is_a_configuration_error(secret):
+    with pytest.raises(ConfigurationError, match="without a string api_token"):
+        api_token_from_secret(secret)

@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from ckpt.contract import strict_json
 from ckpt.errors import ConfigurationError, TransientError
 
 log = logging.getLogger(__name__)
@@ -251,8 +252,8 @@ def api_token_from_secret(secret: str) -> str:
     text = secret.strip()
     if text.startswith("{"):
         try:
-            document = json.loads(text)
-        except json.JSONDecodeError:
+            document = strict_json.loads(text, "the Cloudflare API token secret")
+        except strict_json.InvalidJson:  # the reason could quote the token: not passed on
             document = None
         token = document.get("api_token") if isinstance(document, dict) else None
         if not isinstance(token, str) or not token.strip():
