@@ -46,17 +46,11 @@ from ckpt.errors import ConfigurationError, Rejected, TransientError
 from ckpt.operations import backfill, local_paths, redrive, status
 from ckpt.operations.sweep import DEFAULT_OLDER_THAN, Action, build_sweeper, parse_duration
 from ckpt.promotion.promoted import NotPromoted
-from ckpt.service import build_promoter, check_schema, engine_from_settings, s3_client
+from ckpt.service import build_promoter, check_schema, engine_from_settings, read_secret, s3_client
 from ckpt.trainer.fetch import fetch_checkpoint
 from ckpt.trainer.staging import resolve_attempt
 from ckpt.trainer.training import stage_weights
 from ckpt.trainer.upload import UploadPolicy
-
-
-def _read_secret(arn: str) -> str:
-    import boto3
-
-    return str(boto3.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"])
 
 
 def _id(text: str) -> int:
@@ -164,7 +158,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return _redrive(args)
     if args.command == "fetch":
         return _fetch(args, settings)
-    engine = engine_from_settings(settings, _read_secret)
+    engine = engine_from_settings(settings, read_secret)
     if args.command == "db":
         if args.db_command == "upgrade":
             migrate.upgrade(engine)
@@ -179,7 +173,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         for row in rows:
             print(json.dumps(row, default=str))
         return 0
-    promoter = build_promoter(settings, engine, _read_secret)
+    promoter = build_promoter(settings, engine, read_secret)
     job = JobRef(job_id=args.job_id, project_id=args.project_id)
     outcome = promoter.reprocess(job, args.attempt, dry_run=args.dry_run)
     print(json.dumps(outcome.log_fields(), indent=2, default=str))
@@ -187,7 +181,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _sweep(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
-    report = build_sweeper(settings, engine, _read_secret).sweep(args.older_than, dry_run=args.dry_run)
+    report = build_sweeper(settings, engine, read_secret).sweep(args.older_than, dry_run=args.dry_run)
     for result in report.results:
         print(result.line())
     print(report.summary())
@@ -197,8 +191,8 @@ def _sweep(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
 def _fetch(args: argparse.Namespace, settings: Settings) -> int:
     """The promoted checkpoint as the database records it (the record the API and a resumed training read too)."""
     job = JobRef(job_id=args.job_id, project_id=args.project_id)
-    engine = engine_from_settings(settings, _read_secret)
-    client = s3_client(settings, _read_secret)
+    engine = engine_from_settings(settings, read_secret)
+    client = s3_client(settings, read_secret)
     try:
         fetched = fetch_checkpoint(client, settings.layout(), engine, job, args.which, args.output)
     except NotPromoted as exc:
@@ -214,7 +208,7 @@ def _fetch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _stage(args: argparse.Namespace, settings: Settings) -> int:
-    client = s3_client(settings, _read_secret)
+    client = s3_client(settings, read_secret)
     layout = settings.layout()
     job = JobRef(job_id=args.job_id, project_id=args.project_id)
     ref = AttemptRef(
@@ -300,7 +294,7 @@ def _add_repair_commands(commands: Any) -> None:
 
 
 def _staging(settings: Settings) -> S3Storage:
-    return S3Storage(s3_client(settings, _read_secret), settings.bucket, profile=settings.profile())
+    return S3Storage(s3_client(settings, read_secret), settings.bucket, profile=settings.profile())
 
 
 def _backfill(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
@@ -311,7 +305,7 @@ def _backfill(args: argparse.Namespace, settings: Settings, engine: Engine) -> i
             print(f"{manifest.last_modified.isoformat()}  {manifest.key}")
         print(backfill.summary(plan, None) + " (dry run: nothing promoted)")
         return 0
-    promoter = build_promoter(settings, engine, _read_secret)
+    promoter = build_promoter(settings, engine, read_secret)
 
     def describe(result: backfill.BackfillResult) -> str:
         why = result.error if result.outcome is None else result.outcome.reason
@@ -379,7 +373,7 @@ def _migrate_local_paths(args: argparse.Namespace, settings: Settings, engine: E
     if not staged:
         print("re-promoted: none (no affected job's staging holds a manifest)")
         return 0
-    results = local_paths.repromote(build_promoter(settings, engine, _read_secret), staged)
+    results = local_paths.repromote(build_promoter(settings, engine, read_secret), staged)
     print("re-promoted:")
     for result in results:
         print(result.describe())

@@ -18,6 +18,14 @@ from ckpt.promotion.promoter import Promoter
 SecretReader = Callable[[str], str]
 
 
+def read_secret(arn: str) -> str:
+    """A Secrets Manager secret's value, read with plain boto3: for the CLI and trainers (the functions read
+    theirs with Powertools, cached, in promote_checkpoints/secrets.py)."""
+    import boto3
+
+    return str(boto3.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"])
+
+
 def database_url(settings: Settings, read_secret: SecretReader | None = None) -> URL:
     """The checked database URL; any problem with it is a ConfigurationError that never shows the password."""
     if settings.database_url:

@@ -50,7 +50,7 @@ from ckpt.contract.manifest import Manifest, Metric, Status
 from ckpt.contract.rules import EpochMetric
 from ckpt.errors import StorageUnavailable
 from ckpt.promotion.promoted import CheckpointNotPromoted, NothingPromoted, PromotedJob, UnknownJob
-from ckpt.service import engine_from_settings
+from ckpt.service import engine_from_settings, read_secret
 from ckpt.trainer.fetch import Fetched, fetch_checkpoint
 from ckpt.trainer.staging import Checkpoint, resolve_attempt, stage_attempt
 from ckpt.trainer.tracking import EpochTracker
@@ -314,7 +314,7 @@ class TrainingRun:
     def _fetch_resume_point(self, settings: Settings) -> Fetched | None:
         """The promoted last.pt, downloaded and verified, or None (logged) when the record has none."""
         assert self.layout is not None
-        engine = self._engine or engine_from_settings(settings, _read_secret)
+        engine = self._engine or engine_from_settings(settings, read_secret)
         destination = self._resume_to()
         local = _sha256_of(destination / "last.pt" if destination.is_dir() else destination)
         try:
@@ -467,13 +467,6 @@ def resume_reports(promoted: PromotedJob) -> list[EpochMetric]:
     if last is not None and last.epoch is not None:
         reports.append(EpochMetric(epoch=last.epoch, value=last.metric_value))
     return reports
-
-
-def _read_secret(arn: str) -> str:
-    """DATABASE_SECRET_ARN's value, for a trainer that reads the record through a secret."""
-    import boto3
-
-    return str(boto3.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"])
 
 
 def _sha256_of(path: Path) -> str | None:
