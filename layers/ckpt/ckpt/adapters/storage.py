@@ -215,10 +215,9 @@ class S3Storage:
                 response = self._s3.get_object(Bucket=self.bucket, Key=key)
             return response["Body"].read(), response["ETag"]
 
-    def stream_digests(self, key: str, etag: str, sink: Callable[[bytes], object] | None = None) -> StreamedDigests:
-        """SHA-256, MD5 and length of exactly the version ``etag``, read in fixed-size chunks (each also
-        handed to ``sink``, when given: a download hashes in the pass that writes it). The MD5 costs little
-        more in the same pass and lets the copy be checked against the destination's ETag."""
+    def stream_digests(self, key: str, etag: str) -> StreamedDigests:
+        """SHA-256, MD5 and length of exactly the version ``etag``, read in fixed-size chunks. The MD5 costs
+        little more in the same pass and lets the copy be checked against the destination's ETag."""
         sha256 = hashlib.sha256()
         md5 = hashlib.md5(usedforsecurity=False)
         length = 0
@@ -228,8 +227,6 @@ class S3Storage:
                 sha256.update(chunk)
                 md5.update(chunk)
                 length += len(chunk)
-                if sink is not None:
-                    sink(chunk)
         return StreamedDigests(sha256=sha256.hexdigest(), md5=md5.hexdigest(), length=length)
 
     def copy(self, source: ObjectInfo, dest_key: str, metadata: Mapping[str, str]) -> CopiedObject:
