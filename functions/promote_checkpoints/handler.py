@@ -13,7 +13,6 @@ and dashboard are built on these names.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -29,6 +28,7 @@ from ckpt.contract.outcome import LOGGED_TEXT_LIMIT, Outcome, Status
 from ckpt.errors import ConfigurationError, Rejected, TransientError
 from ckpt.promotion.promoter import Promoter
 from ckpt.service import build_promoter, engine_from_settings
+from ckpt.setting_values import whole_number
 from ckpt.text import bounded, escaped
 from promote_checkpoints import triggers
 from promote_checkpoints.observability import logger, metrics, tracer
@@ -148,10 +148,7 @@ def _is_last_delivery(record: SQSRecord) -> bool:
 
 def _max_receives() -> int:
     # The queue's maxReceiveCount (template.yaml passes it); on the last delivery the message goes to the DLQ.
-    value = os.environ.get("MAX_RECEIVE_COUNT") or "5"
-    if not re.fullmatch(r"[0-9]{1,4}", value) or int(value) < 1:
-        raise ConfigurationError(f"MAX_RECEIVE_COUNT must be the queue's maxReceiveCount (1 to 1000), got {value!r}")
-    return int(value)
+    return whole_number("MAX_RECEIVE_COUNT", os.environ.get("MAX_RECEIVE_COUNT"), 5, 1, 1000)  # SQS allows 1-1000
 
 
 def _record_giving_up(obj: triggers.ObjectCreated, exc: TransientError) -> None:

@@ -10,10 +10,11 @@ from typing import Any
 
 from sqlalchemy.engine import URL
 
-from ckpt.adapters.db.engine import check_database_url, parse_database_url, shown
+from ckpt.adapters.db.engine import check_database_url, parse_database_url
 from ckpt.adapters.profiles import StorageProfile, profile_for
 from ckpt.contract.keys import Layout
 from ckpt.errors import ConfigurationError
+from ckpt.setting_values import flag, shown_setting
 
 DEFAULT_BUCKET = "vision-platform-prod"
 
@@ -49,9 +50,7 @@ class Settings:
             canonical_prefix=value("CANONICAL_PREFIX", "checkpoints/") or "checkpoints/",
             uri_scheme=value("CHECKPOINT_URI_SCHEME", "r2") or "r2",
             storage_profile=value("STORAGE_PROFILE"),
-            delete_staged_after_promotion=_flag(
-                "DELETE_STAGED_AFTER_PROMOTION", value("DELETE_STAGED_AFTER_PROMOTION")
-            ),
+            delete_staged_after_promotion=flag("DELETE_STAGED_AFTER_PROMOTION", value("DELETE_STAGED_AFTER_PROMOTION")),
         )
 
     def profile(self) -> StorageProfile:
@@ -70,20 +69,6 @@ class Settings:
             )
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from None
-
-
-_TRUE = frozenset({"true", "1", "yes", "on"})
-_FALSE = frozenset({"false", "0", "no", "off"})
-
-
-def _flag(name: str, value: str | None) -> bool:
-    """A yes/no setting; unset is no. Any other word is refused rather than guessed (this one turns deletions on)."""
-    if value is None:
-        return False
-    word = value.strip().lower()
-    if word in _TRUE | _FALSE:
-        return word in _TRUE
-    raise ConfigurationError(f"{name} must be true or false, got {shown(value)}")
 
 
 def _json_object(secret: str | Mapping[str, Any], what: str) -> Mapping[str, Any]:
@@ -137,7 +122,7 @@ def database_url_from_secret(secret: str | Mapping[str, Any]) -> URL:
         return parse_database_url(document["url"], "the database secret's url")
     engine = document.get("engine")
     if engine is not None and not (isinstance(engine, str) and "postgres" in engine.lower()):
-        raise ConfigurationError(f"database secret is for engine {shown(engine)}: only PostgreSQL is supported")
+        raise ConfigurationError(f"database secret is for engine {shown_setting(engine)}: only PostgreSQL is supported")
     missing = [name for name in ("username", "password", "host") if not document.get(name)]
     if missing:
         raise ConfigurationError(f"database secret lacks {', '.join(missing)}")
@@ -173,4 +158,4 @@ def _secret_port(value: Any) -> int:
         value = int(value.strip())
     if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535:
         return value
-    raise ConfigurationError(f"database secret: port {shown(value)} is not a number from 1 to 65535")
+    raise ConfigurationError(f"database secret: port {shown_setting(value)} is not a number from 1 to 65535")

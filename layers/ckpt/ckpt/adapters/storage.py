@@ -11,7 +11,6 @@ import binascii
 import hashlib
 import os
 import random
-import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,9 +23,9 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ckpt.adapters.profiles import S3, StorageProfile
-from ckpt.errors import ConfigurationError, ObjectChanged, ObjectMissing, StorageUnavailable
+from ckpt.errors import ObjectChanged, ObjectMissing, StorageUnavailable
 from ckpt.promotion.ports import CopiedObject, ObjectInfo, StreamedDigests
-from ckpt.text import shown
+from ckpt.setting_values import whole_number
 
 MiB = 1024 * 1024
 HASH_CHUNK_BYTES = 8 * MiB  # memory used by the streaming hash, whatever the file's size
@@ -43,7 +42,8 @@ def make_client(
     R2 rejects the CRC checksums boto3 adds to every request since 1.36 unless told to send them only
     when an operation requires one; R2's region is ``auto``.
     """
-    attempts = _max_attempts(os.environ.get("AWS_MAX_ATTEMPTS"), max_attempts)
+    # AWS_MAX_ATTEMPTS, the standard variable, when set (attempts in all, as AWS counts them)
+    attempts = whole_number("AWS_MAX_ATTEMPTS", os.environ.get("AWS_MAX_ATTEMPTS"), max_attempts, 1, 20)
     config = Config(
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
@@ -62,15 +62,6 @@ def make_client(
     )
     client.meta.events.register_first("needs-retry.s3", _retry_too_many_requests(attempts))  # type: ignore[arg-type]
     return client
-
-
-def _max_attempts(from_env: str | None, default: int) -> int:
-    """AWS_MAX_ATTEMPTS, the standard variable, when set (1 to 20), else ``default``."""
-    if not from_env:
-        return default
-    if not re.fullmatch(r"[0-9]{1,2}", from_env.strip()) or not 1 <= int(from_env) <= 20:
-        raise ConfigurationError(f"AWS_MAX_ATTEMPTS must be a whole number from 1 to 20, got {shown(from_env, 40)}")
-    return int(from_env)
 
 
 def _retry_too_many_requests(max_attempts: int) -> Callable[..., float | None]:

@@ -54,7 +54,7 @@ from ckpt.adapters.cloudflare_queues import (
 from ckpt.contract.keys import Layout
 from ckpt.contract.outcome import Outcome
 from ckpt.errors import ConfigurationError, TransientError
-from ckpt.text import shown
+from ckpt.setting_values import whole_number
 
 log = logging.getLogger(__name__)
 
@@ -95,20 +95,15 @@ class PollerSettings:
             queue_id=queue_id,
             api_token_secret_arn=required("CLOUDFLARE_API_TOKEN_SECRET_ARN"),
             api_base_url=check_base_url(env.get("CLOUDFLARE_API_BASE_URL") or DEFAULT_API_BASE_URL),
-            batch_size=_bounded(env, "CLOUDFLARE_BATCH_SIZE", 10, 1, MAX_BATCH_SIZE),
-            visibility_timeout_seconds=_bounded(
-                env, "CLOUDFLARE_VISIBILITY_TIMEOUT_SECONDS", 300, 1, MAX_VISIBILITY_TIMEOUT_MS // 1000
+            batch_size=whole_number("CLOUDFLARE_BATCH_SIZE", env.get("CLOUDFLARE_BATCH_SIZE"), 10, 1, MAX_BATCH_SIZE),
+            visibility_timeout_seconds=whole_number(
+                "CLOUDFLARE_VISIBILITY_TIMEOUT_SECONDS",
+                env.get("CLOUDFLARE_VISIBILITY_TIMEOUT_SECONDS"),
+                300,
+                1,
+                MAX_VISIBILITY_TIMEOUT_MS // 1000,
             ),
         )
-
-
-def _bounded(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return default
-    if not re.fullmatch(r"[0-9]{1,9}", raw) or not low <= int(raw) <= high:
-        raise ConfigurationError(f"{name} must be a whole number from {low} to {high}, got {shown(raw, 40)}")
-    return int(raw)
 
 
 # --- time ------------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError
 
 from ckpt.errors import ConfigurationError
+from ckpt.setting_values import shown_setting
 
 URL_FORMS = "postgresql+pg8000://USER:PASSWORD@HOST:PORT/DATABASE or sqlite:///PATH"
 PERCENT_ENCODING = (
@@ -123,14 +124,16 @@ def check_database_url(url: URL, source: str = "the database URL") -> URL:
     backend, _, driver = url.drivername.partition("+")
     if backend == "sqlite":
         if driver not in ("", "pysqlite"):
-            raise _invalid(url, source, f"asks for the SQLite driver {shown(driver)}; use sqlite:///PATH")
+            raise _invalid(url, source, f"asks for the SQLite driver {shown_setting(driver)}; use sqlite:///PATH")
         _check_sqlite_url(url, source)
         return url
     if backend not in ("postgresql", "postgres"):
-        raise _invalid(url, source, f"is for {shown(backend)}, which is not supported: use {URL_FORMS}")
+        raise _invalid(url, source, f"is for {shown_setting(backend)}, which is not supported: use {URL_FORMS}")
     if driver not in ("", "pg8000"):
         raise _invalid(
-            url, source, f"asks for the driver {shown(driver)}; only pg8000 is installed: use postgresql+pg8000://"
+            url,
+            source,
+            f"asks for the driver {shown_setting(driver)}; only pg8000 is installed: use postgresql+pg8000://",
         )
     url = url.set(drivername="postgresql+pg8000")
     if not url.username:
@@ -211,7 +214,7 @@ def _check_parameters(url: URL, source: str) -> None:
         parameters[name] = value
     sslmode, sslrootcert = parameters.get("sslmode"), parameters.get("sslrootcert")
     if sslmode is not None and sslmode not in SSL_MODES:
-        raise _invalid(url, source, f"has sslmode={shown(sslmode)}; use one of {', '.join(SSL_MODES)}")
+        raise _invalid(url, source, f"has sslmode={shown_setting(sslmode)}; use one of {', '.join(SSL_MODES)}")
     if sslrootcert is not None and (_not_utf8(sslrootcert) or not sslrootcert.isprintable()):
         raise _invalid(
             url, source, "has an sslrootcert with a NUL, a control character or invalid text: give the CA file's path"
@@ -275,22 +278,6 @@ def _renderable(url: URL) -> URL:
 def _shown_name(name: str) -> str:
     """A query parameter's name as a message shows it: a plain word, or a placeholder for anything else."""
     return name if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name) else "(a name that is not a plain word)"
-
-
-def shown(value: object, limit: int = 40) -> str:
-    """A configuration value as a message may show it: the repr of a short plain value, else only what it is.
-    Only for values that cannot be secret (a port, an sslmode, an engine name), and never a huge text or number:
-    repr() of an int of 5,000 digits raises ValueError."""
-    if value is None or isinstance(value, bool | float):
-        return repr(value)
-    if isinstance(value, int):
-        return repr(value) if abs(value) < 10**limit else "a number too large"
-    if isinstance(value, str):
-        if len(value) <= limit and value.isascii() and value.isprintable():
-            return repr(value)
-        return f"a text of {len(value)} characters"
-    kinds = {list: "a JSON array", dict: "a JSON object"}
-    return next((kind for cls, kind in kinds.items() if isinstance(value, cls)), f"a {type(value).__name__}")
 
 
 def is_host_name(host: str) -> bool:
