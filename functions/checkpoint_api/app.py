@@ -18,50 +18,53 @@ Test jobs (no project) live under ``/test-jobs/{job_id}``, as their keys live un
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from http import HTTPStatus
-from typing import Any
+from ckpt.startup import long_lived_imports
 
-import boto3
-from aws_lambda_powertools import Logger, Tracer
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
-from aws_lambda_powertools.event_handler.exceptions import NotFoundError
-from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
-from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
-from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.utilities.typing import LambdaContext
-from botocore.config import Config
-from sqlalchemy import Engine
+with long_lived_imports():
+    import os
+    from dataclasses import dataclass
+    from datetime import UTC, datetime
+    from http import HTTPStatus
+    from typing import Any
 
-from checkpoint_api.models import Checkpoint as CheckpointAnswer
-from checkpoint_api.models import (
-    CheckpointDownload,
-    CheckpointName,
-    ErrorBody,
-    ErrorDetail,
-    ExpiresIn,
-    JobCheckpoints,
-    JobId,
-    ProjectId,
-    PromotedFiles,
-)
-from ckpt.adapters.db.store import PromotionStore
-from ckpt.config import Settings, storage_credentials_from_secret
-from ckpt.contract.keys import CheckpointName as Name
-from ckpt.contract.keys import JobRef, Layout
-from ckpt.errors import ConfigurationError, TransientError
-from ckpt.promotion.promoted import (
-    DEFAULT_LINK_SECONDS,
-    CheckpointMissing,
-    CheckpointReplaced,
-    NotPromoted,
-    promoted_link,
-    read_promoted,
-)
-from ckpt.service import check_schema, engine_from_settings
-from promote_checkpoints.secrets import read_secret
+    import boto3
+    from aws_lambda_powertools import Logger, Tracer
+    from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
+    from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+    from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+    from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
+    from aws_lambda_powertools.logging import correlation_paths
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+    from botocore.config import Config
+    from sqlalchemy import Engine
+
+    from checkpoint_api.models import Checkpoint as CheckpointAnswer
+    from checkpoint_api.models import (
+        CheckpointDownload,
+        CheckpointName,
+        ErrorBody,
+        ErrorDetail,
+        ExpiresIn,
+        JobCheckpoints,
+        JobId,
+        ProjectId,
+        PromotedFiles,
+    )
+    from ckpt.adapters.db.store import PromotionStore
+    from ckpt.config import Settings, storage_credentials_from_secret
+    from ckpt.contract.keys import CheckpointName as Name
+    from ckpt.contract.keys import JobRef, Layout
+    from ckpt.errors import ConfigurationError, TransientError
+    from ckpt.promotion.promoted import (
+        DEFAULT_LINK_SECONDS,
+        CheckpointMissing,
+        CheckpointReplaced,
+        NotPromoted,
+        promoted_link,
+        read_promoted,
+    )
+    from ckpt.service import check_schema, engine_from_settings
+    from promote_checkpoints.secrets import read_secret
 
 logger = Logger(service="checkpoint-api")
 tracer = Tracer(service="checkpoint-api")

@@ -13,33 +13,36 @@ a reserved concurrency nor a lock is needed for correctness.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
-from typing import Any
+from ckpt.startup import long_lived_imports
 
-from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.typing import LambdaContext
+with long_lived_imports():
+    import os
+    from collections.abc import Callable, Sequence
+    from typing import Any
 
-from ckpt.adapters.cloudflare_queues import CloudflareQueue, PulledMessage, api_token_from_secret
-from ckpt.contract import strict_json
-from ckpt.contract.keys import Layout
-from ckpt.contract.outcome import Outcome
-from ckpt.errors import ConfigurationError, TransientError
-from ckpt.promotion.r2_polling import (
-    Disposition,
-    DrainPolicy,
-    DrainReport,
-    PollerSettings,
-    UnusableMessage,
-    Verdict,
-    drain,
-    judge,
-    manifest_key_test,
-)
-from promote_checkpoints import handler as promotion
-from promote_checkpoints import triggers
-from promote_checkpoints.observability import logger, metrics, tracer
-from promote_checkpoints.secrets import read_secret
+    from aws_lambda_powertools.metrics import MetricUnit
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+    from ckpt.adapters.cloudflare_queues import CloudflareQueue, PulledMessage, api_token_from_secret
+    from ckpt.contract import strict_json
+    from ckpt.contract.keys import Layout
+    from ckpt.contract.outcome import Outcome
+    from ckpt.errors import ConfigurationError, TransientError
+    from ckpt.promotion.r2_polling import (
+        Disposition,
+        DrainPolicy,
+        DrainReport,
+        PollerSettings,
+        UnusableMessage,
+        Verdict,
+        drain,
+        judge,
+        manifest_key_test,
+    )
+    from promote_checkpoints import handler as promotion
+    from promote_checkpoints import triggers
+    from promote_checkpoints.observability import logger, metrics, tracer
+    from promote_checkpoints.secrets import read_secret
 
 # Recorded in ckpt_promotions.trigger (String(32)).
 TRIGGER = "r2-queue"

@@ -13,20 +13,23 @@ written only where no object has its key yet, so of two sweeps (or a sweep and a
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping
-from datetime import timedelta
-from typing import Any
+from ckpt.startup import long_lived_imports
 
-from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.typing import LambdaContext
+with long_lived_imports():
+    import os
+    from collections.abc import Callable, Mapping
+    from datetime import timedelta
+    from typing import Any
 
-from ckpt.config import Settings
-from ckpt.errors import ConfigurationError
-from ckpt.operations.sweep import DEFAULT_OLDER_THAN, Action, Sweeper, SweepReport, build_sweeper, parse_duration
-from ckpt.service import engine_from_settings
-from promote_checkpoints.observability import logger, metrics, tracer
-from promote_checkpoints.secrets import read_secret
+    from aws_lambda_powertools.metrics import MetricUnit
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+    from ckpt.config import Settings
+    from ckpt.errors import ConfigurationError
+    from ckpt.operations.sweep import DEFAULT_OLDER_THAN, Action, Sweeper, SweepReport, build_sweeper, parse_duration
+    from ckpt.service import engine_from_settings
+    from promote_checkpoints.observability import logger, metrics, tracer
+    from promote_checkpoints.secrets import read_secret
 
 _sweeper: Sweeper | None = None
 

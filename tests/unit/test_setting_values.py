@@ -20,7 +20,7 @@ def test_a_number_within_its_bounds_is_read(value, expected):
 
 @pytest.mark.parametrize("value", ["0", "11", "-1", "+3", "1.0", "1e1", "ten", "\u00b2", "\u0663", "9" * 5000])
 def test_anything_else_is_refused_naming_the_setting_and_its_bounds(value):
-    with pytest.raises(ConfigurationError, match="^N must be a whole number from 1 to 10, got ") as raised:
+    with pytest.raises(ConfigurationError, match=r"^N must be a whole number from 1 to 10, got ") as raised:
         whole_number("N", value, 7, 1, 10)
     assert len(str(raised.value)) < 120  # a 5,000-digit value is described, not echoed
 
@@ -32,7 +32,7 @@ def test_flags_read_the_usual_words(value, expected):
 
 @pytest.mark.parametrize("value", ["", "maybe", "tru", "2"])
 def test_a_flag_that_is_no_known_word_is_refused(value):
-    with pytest.raises(ConfigurationError, match="^F must be true or false"):
+    with pytest.raises(ConfigurationError, match=r"^F must be true or false"):
         flag("F", value)
 
 
