@@ -12,27 +12,30 @@ and dashboard are built on these names.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from typing import Any
+from ckpt.startup import long_lived_imports
 
-from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
-from aws_lambda_powertools.utilities.typing import LambdaContext
+with long_lived_imports():
+    import os
+    from collections.abc import Iterator
+    from contextlib import contextmanager, suppress
+    from typing import Any
 
-from ckpt.config import Settings
-from ckpt.contract.keys import JobRef, Layout, LayoutError
-from ckpt.contract.outcome import LOGGED_TEXT_LIMIT, Outcome, Status
-from ckpt.errors import ConfigurationError, Rejected, TransientError
-from ckpt.promotion.promoter import Promoter
-from ckpt.service import build_promoter, engine_from_settings
-from ckpt.setting_values import whole_number
-from ckpt.text import bounded, escaped
-from promote_checkpoints import triggers
-from promote_checkpoints.observability import logger, metrics, tracer
-from promote_checkpoints.secrets import read_secret
+    from aws_lambda_powertools.metrics import MetricUnit
+    from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+    from ckpt.config import Settings
+    from ckpt.contract.keys import JobRef, Layout, LayoutError
+    from ckpt.contract.outcome import LOGGED_TEXT_LIMIT, Outcome, Status
+    from ckpt.errors import ConfigurationError, Rejected, TransientError
+    from ckpt.promotion.promoter import Promoter
+    from ckpt.service import build_promoter, engine_from_settings
+    from ckpt.setting_values import whole_number
+    from ckpt.text import bounded, escaped
+    from promote_checkpoints import triggers
+    from promote_checkpoints.observability import carry_trace, logger, metrics, tracer
+    from promote_checkpoints.secrets import read_secret
 
 processor = BatchProcessor(event_type=EventType.SQS)
 _promoter: Promoter | None = None
@@ -48,7 +51,7 @@ def get_promoter() -> Promoter:
     if _promoter is None:
         settings = Settings.from_env(os.environ)
         engine = engine_from_settings(settings, read_secret)
-        _promoter = build_promoter(settings, engine, read_secret)
+        _promoter = build_promoter(settings, engine, read_secret, carry_trace)
     return _promoter
 
 

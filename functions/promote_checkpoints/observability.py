@@ -4,13 +4,15 @@ POWERTOOLS_* environment variables set in template.yaml's Globals)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.tracing.base import BaseProvider, BaseSegment
+
+T = TypeVar("T")
 
 
 class _NoSegment(BaseSegment):
@@ -76,6 +78,29 @@ tracer = (
     else Tracer(service="checkpoint-promotion", patch_modules=["botocore"])
 )
 metrics = Metrics(namespace="CheckpointPipeline", service="checkpoint-promotion")
+
+
+def trace_carrier(recorder: Any) -> Callable[[Callable[[], T]], Callable[[], T]]:
+    """What makes a call, run in another thread, part of the caller's trace: X-Ray keeps the current segment per
+    thread, so without it the S3 calls a promotion makes in its worker threads would not nest under the
+    promotion's subsegment (the X-Ray SDK's documented way: set the caller's entity in the thread, then clear)."""
+
+    def carry(call: Callable[[], T]) -> Callable[[], T]:
+        entity = recorder.get_trace_entity()  # here, in the caller's thread
+
+        def in_trace() -> T:
+            recorder.set_trace_entity(entity)
+            try:
+                return call()
+            finally:
+                recorder.clear_trace_entities()
+
+        return in_trace
+
+    return carry
+
+
+carry_trace = None if tracer.disabled else trace_carrier(tracer.provider)
 
 # The ckpt package logs through the standard library; give its loggers the same JSON format and level.
 copy_config_to_registered_loggers(source_logger=logger, include={"ckpt", "ckpt.promotion.promoter"})

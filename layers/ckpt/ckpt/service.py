@@ -10,6 +10,7 @@ from sqlalchemy.engine import URL
 from ckpt.adapters.db.engine import make_engine, parse_database_url
 from ckpt.adapters.db.store import PromotionStore
 from ckpt.adapters.storage import S3Storage, make_client
+from ckpt.adapters.threads import Carry, ThreadedCalls
 from ckpt.config import Settings, database_url_from_secret, storage_credentials_from_secret
 from ckpt.errors import ConfigurationError
 from ckpt.promotion.cleanup import StagingCleanup
@@ -55,15 +56,18 @@ def s3_client(settings: Settings, read_secret: SecretReader | None = None) -> ob
     return make_client(settings.endpoint_url, credentials=credentials)
 
 
-def build_promoter(settings: Settings, engine: Engine, read_secret: SecretReader | None = None) -> Promoter:
-    """The promotion wired to real adapters; fails early if the database lacks a table it needs."""
+def build_promoter(
+    settings: Settings, engine: Engine, read_secret: SecretReader | None = None, carry: Carry | None = None
+) -> Promoter:
+    """The promotion wired to real adapters; fails early if the database lacks a table it needs. ``carry``: what
+    a call made in another thread needs of the caller's (the function's trace entity)."""
     store = PromotionStore(engine)
     check_schema(store)
     client = s3_client(settings, read_secret)
     layout = settings.layout()
     storage = S3Storage(client, settings.bucket, profile=settings.profile())
     cleanup = StagingCleanup(layout, storage) if settings.delete_staged_after_promotion else None
-    return Promoter(layout=layout, storage=storage, store=store, cleanup=cleanup)
+    return Promoter(layout=layout, storage=storage, store=store, cleanup=cleanup, calls=ThreadedCalls(carry=carry))
 
 
 def check_schema(store: PromotionStore) -> None:

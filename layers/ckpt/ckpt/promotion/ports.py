@@ -6,14 +6,16 @@ them; tests wrap them to inject failures. Nothing here imports boto3 or SQLAlche
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from ckpt.contract.keys import JobRef
 from ckpt.contract.outcome import Outcome
 from ckpt.contract.rules import JobSnapshot, JobState
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -76,3 +78,16 @@ class Store(Protocol):
     def job(self, job: JobRef) -> AbstractContextManager[JobTransaction]: ...
     def snapshot(self, job: JobRef) -> JobSnapshot: ...
     def record(self, outcome: Outcome) -> int: ...
+
+
+class Calls(Protocol):
+    """How independent calls are made (``ckpt.adapters.threads.ThreadedCalls``: at the same time)."""
+
+    def all(self, calls: Sequence[Callable[[], T]]) -> list[T]: ...
+
+
+class InOrder:
+    """Calls made one after the other: what a promotion built without a ``Calls`` does."""
+
+    def all(self, calls: Sequence[Callable[[], T]]) -> list[T]:
+        return [call() for call in calls]

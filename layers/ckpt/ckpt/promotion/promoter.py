@@ -6,12 +6,13 @@ asks the rules what to do, copies, and commits one database transaction. It neve
 Order of work, and why:
 1. Parse the key and read the manifest; reject anything the contract rejects (recorded, not retried).
 2. Ask the recorded state without a lock: duplicates and superseded attempts end here, cheaply.
-3. Verify every listed staged file (size, SHA-256) before taking the job's lock.
+3. Verify every listed staged file (size, SHA-256) before taking the job's lock, the files side by side.
 4. Under the job's lock: decide again (another worker may have won), confirm the manifest read is still
    the one in staging (the attempt may have been re-staged), copy each verified version (conditional on its
-   ETag) to its canonical key, check the copy, then set the rows, the job state and the record in the same
-   transaction. Holding the lock across the copies is what keeps an older attempt, or an older version of
-   the same attempt's manifest, from overwriting what a newer one promoted.
+   ETag) to its canonical key and check the copy (the files side by side, every copy ended before the next
+   step), then set the rows, the job state and the record in the same transaction. Holding the lock across
+   the copies is what keeps an older attempt, or an older version of the same attempt's manifest, from
+   overwriting what a newer one promoted.
 5. Only once that transaction has committed, and only with a ``cleanup`` (DELETE_STAGED_AFTER_PROMOTION): delete
    the staged files the promotion let go of (``ckpt.contract.cleanup`` says which). Nothing before the commit
    deletes anything, and nothing the cleanup does can change the outcome.
@@ -24,6 +25,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 
 from ckpt.contract.keys import AttemptRef, CheckpointName, JobRef, Layout, NotAManifest, OutsideStaging
 from ckpt.contract.manifest import (
@@ -49,7 +51,7 @@ from ckpt.contract.rules import (
 )
 from ckpt.errors import ObjectChanged, ObjectMissing, Rejected
 from ckpt.promotion.cleanup import StagingCleanup
-from ckpt.promotion.ports import CopiedObject, JobTransaction, ObjectInfo, Storage, Store
+from ckpt.promotion.ports import Calls, CopiedObject, InOrder, JobTransaction, ObjectInfo, Storage, Store
 from ckpt.text import shown
 
 log = logging.getLogger(__name__)
@@ -89,10 +91,12 @@ class Promoter:
         *,
         cleanup: StagingCleanup | None = None,
         clock: Callable[[], datetime] = _utc_now,
+        calls: Calls | None = None,
     ) -> None:
         self.layout = layout
         self.storage = storage
         self.store = store
+        self.calls = calls or InOrder()  # how a manifest's files are checked and copied: side by side when threaded
         self.cleanup = cleanup  # None: staged files are never deleted (the default)
         self.clock = clock
 
@@ -199,7 +203,8 @@ class Promoter:
                 return self._logged(self._write(tx, replace(base, status=status, reason=reason)))
             # Everything is read and planned before the first copy changes a canonical key.
             outcome, targets = self._promoted(base, manifest, verified, current)
-            copies = {file.name: self._copy(ref, file, manifest_sha256) for file in verified}
+            checks = self.calls.all([partial(self._copy, ref, file, manifest_sha256) for file in verified])
+            copies = {file.name: check for file, check in zip(verified, checks, strict=True)}
             outcome = replace(
                 outcome,
                 files={
@@ -268,7 +273,8 @@ class Promoter:
             raise Rejected(str(exc)) from None
 
     def _verify_all(self, ref: AttemptRef, manifest: Manifest) -> list[VerifiedFile]:
-        return [self._verify(ref, name, entry) for name, entry in manifest.checkpoints.present().items()]
+        present = manifest.checkpoints.present().items()
+        return self.calls.all([partial(self._verify, ref, name, entry) for name, entry in present])
 
     def _verify(self, ref: AttemptRef, name: CheckpointName, entry: CheckpointEntry) -> VerifiedFile:
         key = self.layout.staged_key(ref, name)
