@@ -20,8 +20,9 @@ Per manifest (an SQS event's S3 notification):
 A duplicate is steps 1, 2 and 4: the record, and the promoted paths re-applied; no HEAD, no copy.
 
 Out of its scope, where the product does more: manifests with a null epoch (resolved from the rows), files
-without a store checksum (hashed by streaming), the manifest's ETag re-checked under the lock, superseded attempts,
-rejections and their records, retries, logging, metrics. The bench's manifests need none of it.
+without a store checksum (hashed by streaming), superseded attempts, rejections and their records, retries,
+logging, metrics. The bench's manifests need none of it. The product also reads the manifest under the lock
+(what keeps a version read before a re-stage from overwriting the newer one): the same calls, in another order.
 
     python -m tests.bench.floor --endpoint http://127.0.0.1:5000 --bucket B \
         --database postgresql://postgres@127.0.0.1:5432/db KEY...

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -43,6 +45,23 @@ class WrappedStorage:
         return self.inner.copy(*args, **kwargs)
 
 
+class WrappedStore:
+    """The real store with a hook run just before a promotion takes the job's lock."""
+
+    def __init__(self, inner: Any, *, before_lock: Any) -> None:
+        self.inner = inner
+        self.before_lock = before_lock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    @contextmanager
+    def job(self, job: Any) -> Iterator[Any]:
+        self.before_lock(job)
+        with self.inner.job(job) as tx:
+            yield tx
+
+
 def promote(promoter: Promoter, n: int = 1) -> Any:
     return promoter.promote_key(promoter.layout.bucket, promoter.layout.manifest_key(attempt(n)), trigger="test")
 
@@ -77,11 +96,13 @@ def test_same_manifest_three_times_promotes_once(engine, promoter, trainer, s3, 
 def test_two_workers_on_the_same_manifest_at_once_promote_once(engine, layout, storage, store, trainer):
     add_epochs(engine, 42, {18: 0.5, 20: 0.4})
     trainer.finish(attempt(1))
-    # Both workers pass the unlocked early check and verify the files before either takes the lock.
-    both_verifying = threading.Barrier(2, timeout=20)
-    wrapped = [WrappedStorage(storage, before_head=lambda key: key.endswith("best.pt") and both_verifying.wait())]
-    wrapped.append(WrappedStorage(storage, before_head=wrapped[0].before_head))
-    workers = [Promoter(layout, w, store) for w in wrapped]
+    # Both workers reach the job's lock at the same moment; the one that gets it second reads the state the
+    # first committed.
+    both_at_the_lock = threading.Barrier(2, timeout=20)
+    wrapped = [WrappedStorage(storage) for _ in range(2)]
+    workers = [
+        Promoter(layout, w, WrappedStore(store, before_lock=lambda job: both_at_the_lock.wait())) for w in wrapped
+    ]
     outcomes: list[Any] = [None, None]
 
     def run(i: int) -> None:
@@ -117,7 +138,7 @@ def test_an_older_attempt_processed_after_a_newer_one_changes_nothing(engine, pr
     assert canonical_bytes(s3, layout, JOB, "best") == weights("best-2")
 
 
-def test_an_older_attempt_overtaken_mid_promotion_does_not_overwrite_the_newer_files(
+def test_an_older_attempt_overtaken_before_it_takes_the_lock_does_not_overwrite_the_newer_files(
     engine, layout, storage, store, trainer, s3
 ):
     add_epochs(engine, 42, {epoch: epoch / 100 for epoch in range(1, 31)})
@@ -126,16 +147,13 @@ def test_an_older_attempt_overtaken_mid_promotion_does_not_overwrite_the_newer_f
         attempt(2), files={"best": Checkpoint(weights("best-2"), 29), "last": Checkpoint(weights("last-2"), 30)}
     )
     newer = Promoter(layout, storage, store)
-    overtaken = {"done": False}
 
-    def newer_attempt_wins(key: str) -> None:
-        # Attempt 1 has passed its early check; attempt 2 is promoted before it takes the lock.
-        if not overtaken["done"]:
-            overtaken["done"] = True
-            assert promote(newer, 2).status is Status.PROMOTED
+    def newer_attempt_wins(job: Any) -> None:
+        # Attempt 1's event is being handled; attempt 2 is promoted before attempt 1's worker takes the lock.
+        assert promote(newer, 2).status is Status.PROMOTED
 
-    older_storage = WrappedStorage(storage, before_head=newer_attempt_wins)
-    outcome = promote(Promoter(layout, older_storage, store), 1)
+    older_storage = WrappedStorage(storage)
+    outcome = promote(Promoter(layout, older_storage, WrappedStore(store, before_lock=newer_attempt_wins)), 1)
 
     assert outcome.status is Status.SUPERSEDED
     assert older_storage.copies == 0
@@ -144,31 +162,63 @@ def test_an_older_attempt_overtaken_mid_promotion_does_not_overwrite_the_newer_f
     assert {e: p for e, p in paths(engine, 42).items() if p} == {29: URI_BEST, 30: URI_LAST}
 
 
-def test_a_manifest_re_staged_while_it_was_being_verified_does_not_overwrite_its_newer_version(
+CORRECTED = {"best": Checkpoint(weights("best-1"), 17), "last": Checkpoint(weights("last-1"), 19)}  # same files
+
+
+def test_a_manifest_re_staged_and_promoted_before_the_lock_is_read_anew_under_it(
     engine, layout, storage, store, trainer, s3
 ):
     add_epochs(engine, 42, {epoch: epoch / 100 for epoch in range(1, 21)})
-    files = {"best": Checkpoint(weights("best-1"), 18), "last": Checkpoint(weights("last-1"), 20)}
-    trainer.finish(attempt(1), files=files)
-    re_staged = {"done": False}
+    trainer.finish(
+        attempt(1), files={"best": Checkpoint(weights("best-1"), 18), "last": Checkpoint(weights("last-1"), 20)}
+    )
 
-    def trainer_re_stages_and_another_worker_promotes_it(key: str) -> None:
-        # Worker A has read manifest v1 and is verifying its files; the trainer re-stages attempt 1 with
-        # corrected epochs (v2, same files), and worker B promotes v2 before A takes the job's lock.
-        if key.endswith("last.pt") and not re_staged["done"]:
-            re_staged["done"] = True
-            corrected = {"best": Checkpoint(weights("best-1"), 17), "last": Checkpoint(weights("last-1"), 19)}
-            trainer.finish(attempt(1), files=corrected)
-            assert promote(Promoter(layout, storage, store), 1).status is Status.PROMOTED
+    def trainer_re_stages_and_another_worker_promotes_it(job: Any) -> None:
+        # Worker A has v1's event; the trainer re-stages attempt 1 with corrected epochs (v2, same files), and
+        # worker B promotes v2, before A takes the job's lock.
+        trainer.finish(attempt(1), files=CORRECTED)
+        assert promote(Promoter(layout, storage, store), 1).status is Status.PROMOTED
 
-    worker_a = WrappedStorage(storage, before_head=trainer_re_stages_and_another_worker_promotes_it)
-    outcome = promote(Promoter(layout, worker_a, store), 1)
+    worker_a = WrappedStorage(storage)
+    outcome = promote(
+        Promoter(layout, worker_a, WrappedStore(store, before_lock=trainer_re_stages_and_another_worker_promotes_it))
+    )
 
-    assert outcome.status is Status.SUPERSEDED
-    assert "re-staged" in outcome.reason
+    assert outcome.status is Status.DUPLICATE  # A read v2, already promoted, not the v1 its event announced
     assert worker_a.copies == 0
     assert {e: p for e, p in paths(engine, 42).items() if p} == {17: URI_BEST, 19: URI_LAST}
-    assert [(r["outcome"], r["best_epoch"]) for r in records(engine, 42)] == [("promoted", 17), ("superseded", None)]
+    assert [(r["outcome"], r["best_epoch"]) for r in records(engine, 42)] == [("promoted", 17), ("duplicate", None)]
+
+
+def test_a_manifest_re_staged_while_a_worker_holds_the_lock_is_promoted_after_it(
+    engine, layout, storage, store, trainer, s3
+):
+    add_epochs(engine, 42, {epoch: epoch / 100 for epoch in range(1, 21)})
+    trainer.finish(
+        attempt(1), files={"best": Checkpoint(weights("best-1"), 18), "last": Checkpoint(weights("last-1"), 20)}
+    )
+    outcomes: dict[str, Any] = {}
+    b_at_the_lock = threading.Event()
+    worker_b = Promoter(layout, storage, WrappedStore(store, before_lock=lambda job: b_at_the_lock.set()))
+    thread_b = threading.Thread(target=lambda: outcomes.__setitem__("b", promote(worker_b)))
+
+    def trainer_re_stages_while_a_verifies(key: str) -> None:
+        # A holds the lock and has read v1; the trainer re-stages attempt 1 (v2) and B, on v2's event, goes
+        # for the lock.
+        if not thread_b.is_alive() and "b" not in outcomes:
+            trainer.finish(attempt(1), files=CORRECTED)
+            thread_b.start()
+            assert b_at_the_lock.wait(timeout=20)
+
+    outcomes["a"] = promote(
+        Promoter(layout, WrappedStorage(storage, before_head=trainer_re_stages_while_a_verifies), store)
+    )
+    thread_b.join(timeout=60)
+
+    assert (outcomes["a"].status, outcomes["b"].status) == (Status.PROMOTED, Status.PROMOTED)
+    # B waited for A's commit, then read v2: the newer version is what stands.
+    assert [(r["outcome"], r["best_epoch"]) for r in records(engine, 42)] == [("promoted", 18), ("promoted", 17)]
+    assert {e: p for e, p in paths(engine, 42).items() if p} == {17: URI_BEST, 19: URI_LAST}
 
 
 # --- verified ---------------------------------------------------------------------------------------------

@@ -64,11 +64,6 @@ def missing_epochs(paths: Mapping[int, str], rows: Iterable[EpochMetric]) -> lis
     return sorted(set(paths) - {row.epoch for row in rows})
 
 
-def rows_hold(paths: Mapping[int, str], rows: Iterable[EpochMetric]) -> bool:
-    """Whether every row of the job already holds what ``paths`` says (its URI, or NULL when it has none)."""
-    return all(row.checkpoint_path == paths.get(row.epoch) for row in rows)
-
-
 class Decision(enum.StrEnum):
     PROMOTE = "promote"
     DUPLICATE = "duplicate"

@@ -4,16 +4,20 @@ This is the imperative shell around ``ckpt.contract.rules``: it reads and verifi
 asks the rules what to do, copies, and commits one database transaction. It never sees an event.
 
 Order of work, and why:
-1. Parse the key and read the manifest; reject anything the contract rejects (recorded, not retried).
-2. Ask the recorded state without a lock: duplicates and superseded attempts end here, cheaply.
-3. Verify every listed staged file (size, SHA-256) before taking the job's lock, the files side by side.
-4. Under the job's lock: decide again (another worker may have won), confirm the manifest read is still
-   the one in staging (the attempt may have been re-staged), copy each verified version (conditional on its
-   ETag) to its canonical key and check the copy (the files side by side, every copy ended before the next
-   step), then set the rows, the job state and the record in the same transaction. Holding the lock across
-   the copies is what keeps an older attempt, or an older version of the same attempt's manifest, from
-   overwriting what a newer one promoted.
-5. Only once that transaction has committed, and only with a ``cleanup`` (DELETE_STAGED_AFTER_PROMOTION): delete
+1. Parse the key; a key outside the layout is rejected (recorded, not retried) or ignored.
+2. Take the job's lock (one database transaction) and, under it, read the manifest as it is staged now. Because
+   the read is under the lock, a worker holding it never promotes an older version of a re-staged manifest over
+   a newer one: a version staged before the lock was taken is the one read, one staged after it has its own
+   event, whose worker waits for the lock and then reads it anew. Anything the contract rejects ends here
+   (recorded, not retried).
+3. Read the job's recorded state and ask the rules: a duplicate or a superseded attempt is recorded and ends
+   here, with no storage call beyond the manifest's read.
+4. Verify every listed staged file (size, SHA-256), then copy each verified version (conditional on its ETag)
+   to its canonical key and check the copy; the files side by side, every copy ended before the next step.
+   Everything is planned before the first copy changes a canonical key.
+5. Set the rows, the job state and the record in the same transaction, and commit. Holding the lock across the
+   copies is what keeps an older attempt from overwriting what a newer one promoted.
+6. Only once that transaction has committed, and only with a ``cleanup`` (DELETE_STAGED_AFTER_PROMOTION): delete
    the staged files the promotion let go of (``ckpt.contract.cleanup`` says which). Nothing before the commit
    deletes anything, and nothing the cleanup does can change the outcome.
 """
@@ -46,7 +50,6 @@ from ckpt.contract.rules import (
     missing_epochs,
     resolve_epochs,
     row_paths,
-    rows_hold,
     target_epochs,
 )
 from ckpt.errors import ObjectChanged, ObjectMissing, Rejected
@@ -75,7 +78,6 @@ class Duplicate:
     outcome: Outcome
     paths: dict[int, str]
     state: JobState | None  # the recorded state with epochs resolved again, when they changed
-    settled: bool  # nothing to write but the record: the rows and the state already hold it
 
 
 def _utc_now() -> datetime:
@@ -156,88 +158,82 @@ class Promoter:
     # --- the promotion -------------------------------------------------------------------------------
 
     def _promote(self, base: Outcome, ref: AttemptRef, *, force: bool, dry_run: bool) -> Outcome:
-        raw, manifest_etag = self._read_manifest(base.manifest_key)
-        manifest_sha256 = hashlib.sha256(raw).hexdigest()
-        # From here a rejection is recorded with the digest of the bytes it judged, so ``ckpt backfill`` knows this
-        # manifest was answered (and a re-staged one, with other bytes, is new).
-        base = replace(base, manifest_sha256=manifest_sha256)
+        judged = base  # what is known of the manifest so far: a rejection is recorded with it
         try:
-            manifest = self._parse_manifest(raw, ref)
-            base = replace(base, finished_at=manifest.finished_at)
-            return self._promote_manifest(base, ref, manifest, manifest_etag, force=force, dry_run=dry_run)
-        except Rejected as exc:
-            return self._finish(replace(base, reason=exc.reason), dry_run)
-
-    def _promote_manifest(
-        self, base: Outcome, ref: AttemptRef, manifest: Manifest, manifest_etag: str, *, force: bool, dry_run: bool
-    ) -> Outcome:
-        assert base.manifest_sha256 is not None
-        manifest_sha256 = base.manifest_sha256
-        early = self.store.snapshot(ref.job)
-        decision = self._decide(early.state, ref, manifest_sha256, force)
-        if dry_run:
-            if decision is not Decision.PROMOTE:
-                return self._finish(self._not_promoted(base, decision), dry_run)
-            return self._plan(base, manifest, self._verify_all(ref, manifest), early)
-        if decision is Decision.SUPERSEDED:
-            return self._finish(self._not_promoted(base, decision), dry_run)
-        if decision is Decision.DUPLICATE:
-            duplicate = self._duplicate(base, manifest, early)
-            if duplicate.settled:  # the rows already hold what the promotion gave them: nothing to lock for
-                return self._finish(duplicate.outcome, dry_run)
-        verified = self._verify_all(ref, manifest) if decision is Decision.PROMOTE else None
-
-        with self.store.job(ref.job) as tx:
-            current = tx.snapshot()
-            decision = self._decide(current.state, ref, manifest_sha256, force)
-            if decision is Decision.SUPERSEDED:
-                return self._logged(self._write(tx, self._not_promoted(base, decision)))
-            if decision is Decision.DUPLICATE:
-                duplicate = self._duplicate(base, manifest, current)
-                return self._logged(self._write(tx, duplicate.outcome, duplicate.paths, duplicate.state))
-            if verified is None:
-                verified = self._verify_all(ref, manifest)
-            stale = self._stale_reason(base.manifest_key, manifest_etag)
-            if stale is not None:
-                status, reason = stale
-                return self._logged(self._write(tx, replace(base, status=status, reason=reason)))
-            # Everything is read and planned before the first copy changes a canonical key.
-            outcome, targets = self._promoted(base, manifest, verified, current)
-            checks = self.calls.all([partial(self._copy, ref, file, manifest_sha256) for file in verified])
-            copies = {file.name: check for file, check in zip(verified, checks, strict=True)}
-            outcome = replace(
-                outcome,
-                files={
-                    name: replace(
-                        report, copy_verified_by=copies[name].evidence, canonical_version_id=copies[name].version_id
-                    )
-                    for name, report in outcome.files.items()
-                },
-            )
-            state = JobState(
-                project_id=ref.job.project_id, attempt=ref.attempt, manifest_sha256=manifest_sha256, epochs=targets
-            )
-            tx.write(outcome, outcome.row_paths, state)
-            copied = {file.source.key: file.source.etag for file in verified}
+            with self.store.job(ref.job) as tx:
+                raw = self._read_manifest(base.manifest_key)
+                # From here a rejection is recorded with the digest of the bytes it judged, so ``ckpt backfill``
+                # knows this manifest was answered (and a re-staged one, with other bytes, is new).
+                judged = replace(judged, manifest_sha256=hashlib.sha256(raw).hexdigest())
+                manifest = self._parse_manifest(raw, ref)
+                judged = replace(judged, finished_at=manifest.finished_at)
+                outcome, copied = self._decide_and_apply(tx, judged, manifest, force=force, dry_run=dry_run)
+        except Rejected as exc:  # nothing was written: the transaction rolled back
+            return self._finish(replace(judged, reason=exc.reason), dry_run)
+        if outcome.status is not Status.PROMOTED:
+            return outcome
         # Committed: the block ended without raising. Nothing below can change the outcome, only report on it.
         outcome = self._logged(replace(outcome, committed_at=self.clock()))
         if self.cleanup is not None:
             outcome = replace(outcome, cleanup=self.cleanup.after_commit(ref, copied))
         return outcome
 
-    @staticmethod
-    def _write(
-        tx: JobTransaction, outcome: Outcome, paths: Mapping[int, str] | None = None, state: JobState | None = None
-    ) -> Outcome:
-        tx.write(outcome, paths, state)
-        return outcome
+    def _decide_and_apply(
+        self, tx: JobTransaction, base: Outcome, manifest: Manifest, *, force: bool, dry_run: bool
+    ) -> tuple[Outcome, dict[str, str]]:
+        """Under the job's lock, with the manifest as it is staged now: what the rules say, done. Returns the
+        outcome and, for a promotion, the staged versions it copied (key: ETag)."""
+        assert base.manifest_sha256 is not None
+        ref, manifest_sha256 = manifest.ref, base.manifest_sha256
+        current = tx.snapshot()
+        decision = self._decide(current.state, ref, manifest_sha256, force)
+        if decision is Decision.SUPERSEDED:
+            return self._recorded(tx, self._not_promoted(base, decision), dry_run=dry_run), {}
+        if decision is Decision.DUPLICATE:
+            duplicate = self._duplicate(base, manifest, current)
+            return self._recorded(tx, duplicate.outcome, duplicate.paths, duplicate.state, dry_run=dry_run), {}
+        verified = self._verify_all(ref, manifest)
+        # Everything is read and planned before the first copy changes a canonical key.
+        outcome, targets = self._promoted(base, manifest, verified, current)
+        if dry_run:
+            return self._logged(replace(outcome, status=Status.PLANNED, reason="dry run: " + outcome.reason)), {}
+        checks = self.calls.all([partial(self._copy, ref, file, manifest_sha256) for file in verified])
+        copies = {file.name: check for file, check in zip(verified, checks, strict=True)}
+        outcome = replace(
+            outcome,
+            files={
+                name: replace(
+                    report, copy_verified_by=copies[name].evidence, canonical_version_id=copies[name].version_id
+                )
+                for name, report in outcome.files.items()
+            },
+        )
+        state = JobState(
+            project_id=ref.job.project_id, attempt=ref.attempt, manifest_sha256=manifest_sha256, epochs=targets
+        )
+        tx.write(outcome, outcome.row_paths, state)
+        return outcome, {file.source.key: file.source.etag for file in verified}
 
-    def _read_manifest(self, key: str) -> tuple[bytes, str]:
-        """The manifest's bytes (at most one more than the limit) and the ETag of the version read."""
+    def _recorded(
+        self,
+        tx: JobTransaction,
+        outcome: Outcome,
+        paths: Mapping[int, str] | None = None,
+        state: JobState | None = None,
+        *,
+        dry_run: bool,
+    ) -> Outcome:
+        if not dry_run:
+            tx.write(outcome, paths, state)
+        return self._logged(outcome)
+
+    def _read_manifest(self, key: str) -> bytes:
+        """The manifest's bytes as staged now (at most one more than the limit)."""
         try:
-            return self.storage.read(key, MAX_MANIFEST_BYTES)
+            raw, _ = self.storage.read(key, MAX_MANIFEST_BYTES)
         except ObjectMissing:
             raise Rejected(f"there is no manifest at {key} (never staged, or deleted since)") from None
+        return raw
 
     @staticmethod
     def _parse_manifest(raw: bytes, ref: AttemptRef) -> Manifest:
@@ -247,23 +243,6 @@ class Promoter:
         except ManifestError as exc:
             raise Rejected(str(exc)) from None
         return manifest
-
-    def _stale_reason(self, key: str, etag_read: str) -> tuple[Status, str] | None:
-        """Why the manifest read is no longer the one in staging, or None while it still is.
-
-        Asked under the job's lock, just before the copies: a trainer may have re-staged the attempt (a new
-        manifest at the same key) after this worker read it, and a worker on the new version may even have
-        promoted it already. The old version must not be promoted over it; the new one has its own event."""
-        try:
-            current = self.storage.head(key).etag
-        except ObjectMissing:
-            return Status.REJECTED, f"manifest {key} was deleted after it was read; nothing promoted"
-        if current != etag_read:
-            return Status.SUPERSEDED, (
-                f"manifest {key} was re-staged after it was read (ETag {etag_read} is now {current}); "
-                "the new version is promoted on its own event"
-            )
-        return None
 
     @staticmethod
     def _decide(state: JobState | None, ref: AttemptRef, sha256: str, force: bool) -> Decision:
@@ -359,10 +338,6 @@ class Promoter:
         )
         return outcome, targets
 
-    def _plan(self, base: Outcome, manifest: Manifest, verified: list[VerifiedFile], job: JobSnapshot) -> Outcome:
-        outcome, _ = self._promoted(base, manifest, verified, job)
-        return self._logged(replace(outcome, status=Status.PLANNED, reason="dry run: " + outcome.reason))
-
     def _duplicate(self, base: Outcome, manifest: Manifest, job: JobSnapshot) -> Duplicate:
         """A manifest promoted before. It re-applies the promoted paths, so rows the platform wrote after the
         promotion (an epoch that had no row then) get theirs, and the epochs the manifest left to the database
@@ -377,9 +352,7 @@ class Promoter:
             missing_rows=missing_epochs(paths, job.rows),
         )
         state = None if targets == job.state.epochs else replace(job.state, epochs=targets)
-        return Duplicate(
-            outcome=outcome, paths=paths, state=state, settled=state is None and rows_hold(paths, job.rows)
-        )
+        return Duplicate(outcome=outcome, paths=paths, state=state)
 
     @staticmethod
     def _not_promoted(base: Outcome, decision: Decision) -> Outcome:
@@ -388,7 +361,7 @@ class Promoter:
         return replace(base, status=Status.SUPERSEDED, reason="a newer attempt of this job was already promoted")
 
     def _finish(self, outcome: Outcome, dry_run: bool) -> Outcome:
-        """Record an outcome reached without the job's lock (rejections, superseded, settled duplicates)."""
+        """Record an outcome reached outside the job's transaction (rejections, which roll it back)."""
         if outcome.status is not Status.IGNORED and not dry_run:
             try:
                 self.store.record(outcome)

@@ -10,7 +10,7 @@ Round trips, because each is a millisecond or more to RDS, and pg8000 spends thr
 parameters (parse, describe, bind and execute) but one on a statement without: the engine runs in autocommit
 (engine.py), transactions are an explicit BEGIN and COMMIT (one each), the lock and the snapshot carry only the
 job's id, an integer, written into the SQL (one each), and the write is one parameterised statement. A
-promotion is then about 9 round trips, a duplicate whose rows are already right 4.
+promotion, and a duplicate, is then 7 round trips: BEGIN, the lock, the snapshot, the write (3), COMMIT.
 """
 
 from __future__ import annotations
@@ -74,12 +74,12 @@ class PromotionStore:
             yield JobTransaction(connection, job)
 
     def snapshot(self, job: JobRef) -> JobSnapshot:
-        """The job as recorded, read without a lock (a cheap early answer; the lock re-checks)."""
+        """The job as recorded, read without a lock (for reports, such as the sweeper's)."""
         with database_errors(), self._single() as connection:
             return _read_snapshot(connection, job.job_id)
 
     def record(self, outcome: Outcome) -> int:
-        """Record an outcome that needs no lock (rejected, superseded, a duplicate whose rows are right)."""
+        """Record an outcome reached outside a job's transaction (a rejection)."""
         with database_errors(), self._single() as connection:
             return _write(connection, None, outcome, None, None)
 
