@@ -33,6 +33,8 @@ def staging(endpoint: str, size: int, repeats: int) -> dict[str, list[float]]:
     from ckpt.trainer.training import TrainingRun
 
     bucket = "bench-staging"
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        os.environ.setdefault(name, "local")  # moto takes any; a machine without credentials has none
     client = make_client(endpoint, "us-east-1")
     client.create_bucket(Bucket=bucket)
     plain = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
