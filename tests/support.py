@@ -155,3 +155,52 @@ def commit_fails(engine: Engine) -> Iterator[None]:
     finally:
         event.remove(engine, "commit", fail_commit)
         event.remove(engine, "before_cursor_execute", fail_commit_statement)
+
+
+class HookedStorage:
+    """The real storage adapter with hooks run before its HEAD, CopyObject and DELETE calls (to interleave a
+    trainer's re-staging or another worker, or to fail); it counts the copies and keeps the keys deleted."""
+
+    def __init__(
+        self, inner: Any, *, before_head: Any = None, before_copy: Any = None, before_delete: Any = None
+    ) -> None:
+        self.inner = inner
+        self.before_head = before_head
+        self.before_copy = before_copy
+        self.before_delete = before_delete
+        self.copies = 0
+        self.deletes: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def head(self, key: str) -> Any:
+        if self.before_head:
+            self.before_head(key)
+        return self.inner.head(key)
+
+    def copy(self, *args: Any, **kwargs: Any) -> Any:
+        self.copies += 1
+        if self.before_copy:
+            self.before_copy(self.copies, *args)
+        return self.inner.copy(*args, **kwargs)
+
+    def delete(self, key: str, etag: str) -> None:
+        if self.before_delete:
+            self.before_delete(key)
+        self.deletes.append(key)
+        self.inner.delete(key, etag)
+
+
+def configured_handler(monkeypatch: Any, database_url: str) -> Any:
+    """The promotion handler module, configured through the environment as template.yaml configures it (staged
+    files kept, tracing off), with no promoter built yet: the next event builds one on these settings."""
+    monkeypatch.setenv("CHECKPOINT_BUCKET", BUCKET)
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "1")
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "CheckpointPipeline")
+    monkeypatch.delenv("DELETE_STAGED_AFTER_PROMOTION", raising=False)
+    from promote_checkpoints import handler as module
+
+    monkeypatch.setattr(module, "_promoter", None)
+    return module

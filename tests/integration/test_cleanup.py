@@ -14,34 +14,19 @@ from ckpt.errors import DatabaseUnavailable, StorageUnavailable
 from ckpt.promotion.cleanup import StagingCleanup
 from ckpt.promotion.promoter import Promoter
 from ckpt.trainer.staging import Checkpoint, next_attempt
-from tests.support import BUCKET, JOB, add_epochs, attempt, canonical_bytes, commit_fails, records, weights
+from tests.support import (
+    BUCKET,
+    JOB,
+    HookedStorage,
+    add_epochs,
+    attempt,
+    canonical_bytes,
+    commit_fails,
+    records,
+    weights,
+)
 
 FOLDER = "staging/projects/7/jobs/42/attempts"
-
-
-class HookedStorage:
-    """The real storage adapter, with hooks run before its HEAD and DELETE calls (to interleave a trainer's
-    re-staging, or to fail)."""
-
-    def __init__(self, inner: Any, *, before_head: Any = None, before_delete: Any = None) -> None:
-        self.inner = inner
-        self.before_head = before_head
-        self.before_delete = before_delete
-        self.deletes: list[str] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def head(self, key: str) -> Any:
-        if self.before_head:
-            self.before_head(key)
-        return self.inner.head(key)
-
-    def delete(self, key: str, etag: str) -> None:
-        if self.before_delete:
-            self.before_delete(key)
-        self.deletes.append(key)
-        self.inner.delete(key, etag)
 
 
 def staged(s3: Any) -> list[str]:

@@ -17,7 +17,7 @@ import pytest
 from ckpt.contract.keys import AttemptRef, JobRef
 from ckpt.trainer.staging import Checkpoint
 from tests.bench.counting import CostProbe, Tally, s3_notification_body, sqs_event
-from tests.support import BUCKET, LambdaContext, add_epochs, attempt, records
+from tests.support import BUCKET, LambdaContext, add_epochs, attempt, configured_handler, records
 
 pytestmark = pytest.mark.postgres
 
@@ -37,14 +37,7 @@ MAX_CHECKPOINT_BYTES_READ = 64 * KiB
 @pytest.fixture
 def handler(monkeypatch: pytest.MonkeyPatch, pg_url: str, pg_engine: Any, s3: Any) -> Any:
     """The handler module, configured through the environment as template.yaml configures it."""
-    monkeypatch.setenv("CHECKPOINT_BUCKET", BUCKET)
-    monkeypatch.setenv("DATABASE_URL", pg_url)
-    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "1")
-    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "CheckpointPipeline")
-    from promote_checkpoints import handler as module
-
-    monkeypatch.setattr(module, "_promoter", None)
-    return module
+    return configured_handler(monkeypatch, pg_url)
 
 
 @pytest.fixture

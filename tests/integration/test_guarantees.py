@@ -15,34 +15,20 @@ from ckpt.contract.outcome import Status
 from ckpt.errors import DatabaseUnavailable, ObjectChanged, StorageUnavailable
 from ckpt.promotion.promoter import Promoter
 from ckpt.trainer.staging import Checkpoint
-from tests.support import JOB, add_epochs, attempt, canonical_bytes, commit_fails, paths, records, weights
+from tests.support import (
+    JOB,
+    HookedStorage,
+    add_epochs,
+    attempt,
+    canonical_bytes,
+    commit_fails,
+    paths,
+    records,
+    weights,
+)
 
 URI_BEST = "r2://vision-platform-prod/checkpoints/projects/7/jobs/42/best.pt"
 URI_LAST = "r2://vision-platform-prod/checkpoints/projects/7/jobs/42/last.pt"
-
-
-class WrappedStorage:
-    """The real storage adapter with hooks to inject failures and interleavings."""
-
-    def __init__(self, inner: Any, *, before_head: Any = None, before_copy: Any = None) -> None:
-        self.inner = inner
-        self.before_head = before_head
-        self.before_copy = before_copy
-        self.copies = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def head(self, key: str) -> Any:
-        if self.before_head:
-            self.before_head(key)
-        return self.inner.head(key)
-
-    def copy(self, *args: Any, **kwargs: Any) -> Any:
-        self.copies += 1
-        if self.before_copy:
-            self.before_copy(self.copies, *args)
-        return self.inner.copy(*args, **kwargs)
 
 
 class WrappedStore:
@@ -81,7 +67,7 @@ def state(engine: Any) -> tuple[Any, ...]:
 def test_same_manifest_three_times_promotes_once(engine, promoter, trainer, s3, layout):
     add_epochs(engine, 42, {18: 0.5, 20: 0.4})
     trainer.finish(attempt(1))
-    counting = WrappedStorage(promoter.storage)
+    counting = HookedStorage(promoter.storage)
     promoter.storage = counting
 
     outcomes = [promote(promoter).status for _ in range(3)]
@@ -99,7 +85,7 @@ def test_two_workers_on_the_same_manifest_at_once_promote_once(engine, layout, s
     # Both workers reach the job's lock at the same moment; the one that gets it second reads the state the
     # first committed.
     both_at_the_lock = threading.Barrier(2, timeout=20)
-    wrapped = [WrappedStorage(storage) for _ in range(2)]
+    wrapped = [HookedStorage(storage) for _ in range(2)]
     workers = [
         Promoter(layout, w, WrappedStore(store, before_lock=lambda job: both_at_the_lock.wait())) for w in wrapped
     ]
@@ -152,7 +138,7 @@ def test_an_older_attempt_overtaken_before_it_takes_the_lock_does_not_overwrite_
         # Attempt 1's event is being handled; attempt 2 is promoted before attempt 1's worker takes the lock.
         assert promote(newer, 2).status is Status.PROMOTED
 
-    older_storage = WrappedStorage(storage)
+    older_storage = HookedStorage(storage)
     outcome = promote(Promoter(layout, older_storage, WrappedStore(store, before_lock=newer_attempt_wins)), 1)
 
     assert outcome.status is Status.SUPERSEDED
@@ -179,7 +165,7 @@ def test_a_manifest_re_staged_and_promoted_before_the_lock_is_read_anew_under_it
         trainer.finish(attempt(1), files=CORRECTED)
         assert promote(Promoter(layout, storage, store), 1).status is Status.PROMOTED
 
-    worker_a = WrappedStorage(storage)
+    worker_a = HookedStorage(storage)
     outcome = promote(
         Promoter(layout, worker_a, WrappedStore(store, before_lock=trainer_re_stages_and_another_worker_promotes_it))
     )
@@ -211,7 +197,7 @@ def test_a_manifest_re_staged_while_a_worker_holds_the_lock_is_promoted_after_it
             assert b_at_the_lock.wait(timeout=20)
 
     outcomes["a"] = promote(
-        Promoter(layout, WrappedStorage(storage, before_head=trainer_re_stages_while_a_verifies), store)
+        Promoter(layout, HookedStorage(storage, before_head=trainer_re_stages_while_a_verifies), store)
     )
     thread_b.join(timeout=60)
 
@@ -266,7 +252,7 @@ def test_a_file_swapped_after_verification_is_not_promoted(engine, layout, stora
         s3.put_object(Bucket=layout.bucket, Key=source.key, Body=b"something else entirely")
 
     with pytest.raises(ObjectChanged):
-        promote(Promoter(layout, WrappedStorage(storage, before_copy=swap), store))
+        promote(Promoter(layout, HookedStorage(storage, before_copy=swap), store))
 
     assert paths(engine, 42) == {18: None, 20: None}
     assert canonical_bytes(s3, layout, JOB, "best") is None
@@ -291,7 +277,7 @@ def test_a_storage_failure_after_the_first_copy_leaves_the_database_as_it_was_an
             raise StorageUnavailable("injected: 503 Slow Down")
 
     with pytest.raises(StorageUnavailable):
-        promote(Promoter(layout, WrappedStorage(storage, before_copy=fail_second), store), 2)
+        promote(Promoter(layout, HookedStorage(storage, before_copy=fail_second), store), 2)
     assert state(engine) == before
     assert [r["outcome"] for r in records(engine, 42)] == ["promoted"]
 
@@ -442,7 +428,7 @@ def test_a_duplicate_gives_rows_written_after_the_promotion_their_paths(engine, 
     trainer.finish(attempt(1))  # best 18, last 20: the platform has not written epoch 20 yet
     assert promote(promoter).missing_rows == [20]
     add_epochs(engine, 42, {20: 0.4})
-    counting = WrappedStorage(promoter.storage)
+    counting = HookedStorage(promoter.storage)
     promoter.storage = counting
 
     outcome = promote(promoter)

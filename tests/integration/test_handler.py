@@ -11,7 +11,7 @@ import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
 from ckpt.errors import StorageUnavailable
-from tests.support import LambdaContext, add_epochs, attempt, paths, records
+from tests.support import LambdaContext, add_epochs, attempt, configured_handler, paths, records
 
 EVENTS = Path(__file__).parents[2] / "events"
 URI_BEST = "r2://vision-platform-prod/checkpoints/projects/7/jobs/42/best.pt"
@@ -25,14 +25,7 @@ def event(name: str) -> dict[str, Any]:
 @pytest.fixture
 def handler(monkeypatch, database_url, engine, s3):
     """The handler module, configured through the environment as template.yaml configures it."""
-    monkeypatch.setenv("CHECKPOINT_BUCKET", "vision-platform-prod")
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "1")
-    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "CheckpointPipeline")
-    from promote_checkpoints import handler as module
-
-    monkeypatch.setattr(module, "_promoter", None)
-    return module
+    return configured_handler(monkeypatch, database_url)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 
 from ckpt.adapters.storage import S3Storage
 from ckpt.errors import StorageUnavailable
-from tests.support import BUCKET, LambdaContext, add_epochs, attempt, weights
+from tests.support import BUCKET, LambdaContext, add_epochs, attempt, configured_handler, weights
 
 EVENTS = Path(__file__).parents[2] / "events"
 MANIFEST = "staging/projects/7/jobs/42/attempts/1/manifest.json"
@@ -47,15 +47,7 @@ def metric_values(stdout: str) -> dict[str, list[float]]:
 
 @pytest.fixture
 def handler(monkeypatch, database_url, engine, s3):
-    monkeypatch.setenv("CHECKPOINT_BUCKET", BUCKET)
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "1")
-    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "CheckpointPipeline")
-    monkeypatch.delenv("DELETE_STAGED_AFTER_PROMOTION", raising=False)
-    from promote_checkpoints import handler as module
-
-    monkeypatch.setattr(module, "_promoter", None)
-    return module
+    return configured_handler(monkeypatch, database_url)
 
 
 @pytest.fixture
