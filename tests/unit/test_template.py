@@ -304,6 +304,20 @@ def test_a_cloudflare_queue_requires_its_account_token_and_an_r2_store():
     ]
 
 
+def _assert_scheduled_once(template: dict, function: dict, parameter: str, default: str, another: str) -> None:
+    """One Schedule event on the ``parameter`` (``default`` by default, ``another`` schedule expression allowed,
+    plain words refused), and no Lambda retries of a failed run (the next run is the retry)."""
+    assert function["EventInvokeConfig"] == {"MaximumRetryAttempts": 0}
+    [event] = function["Events"].values()
+    assert event["Type"] == "Schedule"
+    assert event["Properties"]["Schedule"] == {"Ref": parameter}
+    schedule = template["Parameters"][parameter]
+    assert schedule["Default"] == default
+    assert re.fullmatch(schedule["AllowedPattern"], another)
+    assert not re.fullmatch(schedule["AllowedPattern"], "every minute")
+    assert not re.fullmatch(schedule["AllowedPattern"], "hourly")
+
+
 def test_the_r2_poller_runs_the_shared_code_on_a_configurable_schedule_without_lambda_retries():
     template = _template()
     function = template["Resources"]["R2QueuePollerFunction"]["Properties"]
@@ -319,14 +333,7 @@ def test_the_r2_poller_runs_the_shared_code_on_a_configurable_schedule_without_l
     assert template["Globals"]["Function"]["Timeout"] == {"Ref": "FunctionTimeout"}
     # leases make overlapping runs safe: no reservation taken from the account's pool
     assert "ReservedConcurrentExecutions" not in function
-    assert function["EventInvokeConfig"] == {"MaximumRetryAttempts": 0}
-    [event] = function["Events"].values()
-    assert event["Type"] == "Schedule"
-    assert event["Properties"]["Schedule"] == {"Ref": "CloudflarePollSchedule"}
-    schedule = template["Parameters"]["CloudflarePollSchedule"]
-    assert schedule["Default"] == "rate(1 minute)"
-    assert re.fullmatch(schedule["AllowedPattern"], "cron(0/5 * * * ? *)")
-    assert not re.fullmatch(schedule["AllowedPattern"], "every minute")
+    _assert_scheduled_once(template, function, "CloudflarePollSchedule", "rate(1 minute)", "cron(0/5 * * * ? *)")
 
 
 def test_the_r2_poller_is_given_its_settings_by_name_and_the_token_only_as_a_secret_arn():
@@ -808,14 +815,7 @@ def test_the_sweeper_runs_the_shared_code_on_a_schedule_without_lambda_retries()
     assert function["VpcConfig"] == promotion["VpcConfig"]  # the database is where the promotion reaches it
     assert function["Timeout"] == 900  # a multipart checkpoint is hashed by reading it whole
     assert "ReservedConcurrentExecutions" not in function  # overlapping runs are safe (If-None-Match: *)
-    assert function["EventInvokeConfig"] == {"MaximumRetryAttempts": 0}
-    [event] = function["Events"].values()
-    assert event["Type"] == "Schedule"
-    assert event["Properties"]["Schedule"] == {"Ref": "SweepSchedule"}
-    schedule = template["Parameters"]["SweepSchedule"]
-    assert schedule["Default"] == "rate(1 hour)"
-    assert re.fullmatch(schedule["AllowedPattern"], "rate(15 minutes)")
-    assert not re.fullmatch(schedule["AllowedPattern"], "hourly")
+    _assert_scheduled_once(template, function, "SweepSchedule", "rate(1 hour)", "rate(15 minutes)")
 
 
 def test_the_sweepers_age_is_a_parameter_in_the_clis_duration_syntax_six_hours_by_default():
