@@ -99,7 +99,7 @@ def test_a_live_training_that_backs_up_is_never_swept(stage: Stage, tmp_path: Pa
     assert len(judged) >= 5, "the sweeper ran while the backups were landing"
     assert {result.action for result in judged} == {Action.SKIPPED}
     assert all("its trainer may be alive" in result.reason for result in judged)
-    manifest = parse_manifest(stage.storage.read(FOLDER + "manifest.json", 65536)[0])
+    manifest = parse_manifest(stage.storage.read(FOLDER + "manifest.json", 65536))
     assert manifest.status == "completed"
     messages = stage.pipeline.receive(expect=2, wait_seconds=3)
     assert len(messages) == 1, "one manifest notification: the trainer's"
@@ -131,7 +131,7 @@ def test_a_sigkilled_training_is_swept_and_its_backup_promoted_as_abandoned(stag
     answer = sweeper_function.lambda_handler({}, ScheduledContext())
 
     assert (answer["swept"], answer["failed"]) == ([FOLDER], 0)
-    manifest = parse_manifest(stage.storage.read(FOLDER + "manifest.json", 65536)[0])
+    manifest = parse_manifest(stage.storage.read(FOLDER + "manifest.json", 65536))
     assert (manifest.status, manifest.checkpoints.best) == ("abandoned", None)
     assert manifest.checkpoints.last is not None and manifest.checkpoints.last.epoch is None
 

@@ -194,8 +194,8 @@ class S3Storage:
             metadata=response.get("Metadata", {}),
         )
 
-    def read(self, key: str, max_bytes: int) -> tuple[bytes, str]:
-        """The object's first ``max_bytes + 1`` bytes (enough to tell it is too large) and its ETag."""
+    def read(self, key: str, max_bytes: int) -> bytes:
+        """The object's first ``max_bytes + 1`` bytes (enough to tell it is too large)."""
         with translated_errors(key):
             try:
                 response = self._s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=0-{max_bytes}")
@@ -204,7 +204,7 @@ class S3Storage:
                     raise
                 # No byte 0 to start a range at: the object is empty.
                 response = self._s3.get_object(Bucket=self.bucket, Key=key)
-            return response["Body"].read(), response["ETag"]
+            return bytes(response["Body"].read())
 
     def stream_digests(self, key: str, etag: str) -> StreamedDigests:
         """SHA-256, MD5 and length of exactly the version ``etag``, read in fixed-size chunks. The MD5 costs

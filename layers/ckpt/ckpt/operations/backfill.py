@@ -117,7 +117,7 @@ class StagingReader(Protocol):
     """What a backfill needs from the store (``ckpt.adapters.storage.S3Storage``)."""
 
     def list_objects(self, prefix: str) -> Iterator[ListedObject]: ...
-    def read(self, key: str, max_bytes: int) -> tuple[bytes, str]: ...
+    def read(self, key: str, max_bytes: int) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ def plan_backfill(storage: StagingReader, engine: Engine, layout: Layout, since:
             pending.append(manifest)
             continue
         try:
-            raw, _etag = storage.read(manifest.key, MAX_MANIFEST_BYTES)
+            raw = storage.read(manifest.key, MAX_MANIFEST_BYTES)
         except ObjectMissing:
             gone += 1
             continue

@@ -230,10 +230,9 @@ class Promoter:
     def _read_manifest(self, key: str) -> bytes:
         """The manifest's bytes as staged now (at most one more than the limit)."""
         try:
-            raw, _ = self.storage.read(key, MAX_MANIFEST_BYTES)
+            return self.storage.read(key, MAX_MANIFEST_BYTES)
         except ObjectMissing:
             raise Rejected(f"there is no manifest at {key} (never staged, or deleted since)") from None
-        return raw
 
     @staticmethod
     def _parse_manifest(raw: bytes, ref: AttemptRef) -> Manifest:
